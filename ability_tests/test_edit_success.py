@@ -1,0 +1,20 @@
+"""The edits took: efficacy, paraphrase and neighborhood rates above their thresholds.
+
+Without these, an editor that changes nothing would pass every ability gate.
+"""
+
+from editgate.fixtures import require_edit
+
+from editgate.edit_success import success_rate
+
+
+def test_edit_success(edited, success_metric, editgate):
+    require_edit(edited)
+    outcomes = editgate.session.edit_success(edited)[success_metric]
+    threshold = editgate.tolerances.success_threshold(success_metric)
+    rate = success_rate(outcomes)
+    editgate.record_success(edited.case, success_metric, rate, threshold)
+    failed = [o.item_id for o in outcomes if o.metrics["success"] < 1]
+    assert rate >= threshold, (
+        f"{edited.case.id}: {success_metric} {rate:.3f} < threshold {threshold:g} "
+        f"over {len(outcomes)} probes; failed: {failed[:10]}")

@@ -1,0 +1,20 @@
+"""General abilities of the edited model stay within tolerance of the unedited baseline.
+
+One test per (editor, regime, checkpoint) × (ability, metric): the paired per-item delta with its
+95% bootstrap CI against the tolerance in ability_tests/tolerances.toml.
+"""
+
+from editgate.fixtures import require_edit
+
+from editgate.gate import paired_gate
+
+
+def test_ability(edited, ability_metric, editgate):
+    require_edit(edited)
+    ability, metric = ability_metric
+    baseline = editgate.session.baseline(ability)
+    after = editgate.session.evaluate(ability, edited)
+    result = paired_gate(ability, metric, baseline, after,
+                         editgate.tolerances.tolerance(ability, metric))
+    editgate.record_gate(edited.case, result)
+    assert result.passed, result.explain()

@@ -1,0 +1,138 @@
+"""Run an ability on a model: select items, build requests, run them in bulk, score per item.
+
+:class:`AbilityRun` is an ability resolved for one session (its items, few-shot examples, prompt
+style and data fingerprint). :func:`evaluate` turns it into per-item results on the model as it
+is right now (edited or not); :func:`cached_evaluate` memoises that on disk under a key made of
+everything the scores depend on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from editgate.abilities.base import Ability, Item, ItemResult, PromptStyle, Request
+from editgate.cache import cache_key, cache_path, json_cache
+from editgate.data import load_dataset
+from editgate.errors import ConfigError
+from editgate.models import LoadedModel
+from editgate.registry import ABILITIES
+from editgate.runner import RUNNER_VERSION, AbilityRunner, Choices, Generate
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    items: int | None  # items per ability (None: the whole set)
+    generation: bool  # run generation-based metrics
+
+
+PROFILES = {
+    "quick": Profile("quick", 50, generation=False),
+    "standard": Profile("standard", 300, generation=True),
+    "paper": Profile("paper", None, generation=True),
+}
+
+PROMPTS_FILE = Path(__file__).parent / "configs" / "prompts.toml"
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def prompt_style(model_name: str, ability: str, path: Path = PROMPTS_FILE) -> PromptStyle:
+    """The prompt form for (model, ability): ``[model.ability]`` over ``[default.ability]``."""
+    with open(path, "rb") as handle:
+        config = tomllib.load(handle)
+    entry: dict[str, Any] = {}
+    for section in ("default", model_name):
+        entry.update(config.get(section, {}).get(ability, {}))
+    known = {"shots", "chat"}
+    return PromptStyle(shots=int(entry.get("shots", 0)), chat=bool(entry.get("chat", False)),
+                       options={k: v for k, v in entry.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class AbilityRun:
+    """An ability resolved for one session: what is scored, and how it is prompted."""
+
+    ability: Ability
+    items: tuple[Item, ...]
+    shots: tuple[Item, ...]
+    style: PromptStyle
+    generation: bool
+    data_fingerprint: str
+    profile: str
+
+    @property
+    def name(self) -> str:
+        return self.ability.name
+
+    def key(self) -> dict[str, Any]:
+        """Everything the scores depend on, apart from the model weights."""
+        return {
+            "ability": self.name, "version": getattr(self.ability, "version", "1"),
+            "data": self.data_fingerprint, "items": [i.id for i in self.items],
+            "shots": [s.id for s in self.shots], "style": self.style.key(),
+            "generation": self.generation, "runner": RUNNER_VERSION,
+        }
+
+
+def prepare(ability_name: str, data_dir: Path, model_name: str, profile: Profile,
+            limit: int | None = None) -> AbilityRun:
+    ability: Ability = ABILITIES.get(ability_name)()
+    dataset = load_dataset(ability.dataset, data_dir)
+    pool, candidates = ability.split(dataset.records)
+    style = prompt_style(model_name, ability_name)
+    if style.shots > len(pool):
+        raise ConfigError(f"{ability_name}: {style.shots} shots asked, the pool holds {len(pool)}")
+    count = limit if limit is not None else profile.items
+    return AbilityRun(
+        ability=ability, items=tuple(ability.select(candidates, count)),
+        shots=tuple(ability.choose_shots(pool, style.shots)), style=style,
+        generation=profile.generation, data_fingerprint=dataset.fingerprint, profile=profile.name,
+    )
+
+
+def evaluate(run: AbilityRun, runner: AbilityRunner, progress: Callable[[int], None] | None = None,
+             ) -> list[ItemResult]:
+    """Per-item results of ``run`` on the runner's model in its current state."""
+    per_item: list[dict[str, Request]] = [
+        run.ability.requests(item, run.shots, run.style, runner.lm, run.generation)
+        for item in run.items
+    ]
+    choice_keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
+                   if isinstance(r, Choices)]
+    generate_keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
+                     if isinstance(r, Generate)]
+    outputs: list[dict[str, Any]] = [{} for _ in per_item]
+    total = len(choice_keys) + len(generate_keys)
+    step = (lambda n: progress(n * len(run.items) / max(total, 1))) if progress else None
+    if choice_keys:
+        scores = runner.loglikelihood([per_item[i][k] for i, k in choice_keys], progress=step)
+        for (i, k), score in zip(choice_keys, scores):
+            outputs[i][k] = score
+    if generate_keys:
+        texts = runner.generate([per_item[i][k] for i, k in generate_keys], progress=step)
+        for (i, k), text in zip(generate_keys, texts):
+            outputs[i][k] = text
+    return [run.ability.score(item, out) for item, out in zip(run.items, outputs)]
+
+
+def results_key(run: AbilityRun, lm: LoadedModel, state: str) -> str:
+    """Cache key of ``run``'s results on ``lm`` in weight state ``state`` ('base' or a delta chain)."""
+    return cache_key(run=run.key(), model=lm.fingerprint, state=state)
+
+
+def cached_evaluate(run: AbilityRun, runner: AbilityRunner, state: str,
+                    progress: Callable[[int], None] | None = None) -> list[ItemResult]:
+    """:func:`evaluate`, memoised on disk by (run key, model fingerprint, weight state)."""
+    path = cache_path("results", results_key(run, runner.lm, state), ".json")
+    raw = json_cache(path, lambda: [r.to_json() for r in evaluate(run, runner, progress)])
+    return [ItemResult.from_json(r) for r in raw]

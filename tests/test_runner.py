@@ -1,0 +1,70 @@
+"""The fast runner agrees item by item with the plain reference scorer."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import reference_generate, reference_loglikelihood
+
+from editgate.runner import AbilityRunner, Choices, Generate
+
+WORDS = ["The", " capital", " of", " France", " is", " Paris", " Review", ":", " a", " charming",
+         " journey", ".", " Sentiment", " positive", " negative", "\n", " Lyon", " French", " 4"]
+PREFIX = "Question: what is two plus two? Answer: four.\n\n"
+
+text = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map("".join)
+request = st.builds(
+    Choices, context=text,
+    continuations=st.lists(text, min_size=1, max_size=4).map(tuple),
+    prefix=st.sampled_from(["", PREFIX]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(requests=st.lists(request, min_size=1, max_size=8), budget=st.sampled_from([16, 64, 4096]))
+def test_loglikelihood_matches_reference(tiny, requests, budget):
+    runner = AbilityRunner(tiny, max_batch_tokens=budget, max_batch_size=3)
+    fast = runner.loglikelihood(requests)
+    for req, scores in zip(requests, fast):
+        reference = reference_loglikelihood(runner, req)
+        for (logprob, greedy), got, got_greedy in zip(reference, scores.logprobs,
+                                                      scores.is_greedy):
+            assert got == pytest.approx(logprob, abs=1e-4)
+            assert got_greedy == greedy
+
+
+@settings(max_examples=8, deadline=None)
+@given(contexts=st.lists(text, min_size=1, max_size=6), prefix=st.sampled_from(["", PREFIX]),
+       cap=st.integers(1, 12), stop=st.sampled_from([(".",), ("\n\n",), (" of", "is")]))
+def test_generation_matches_reference(tiny, contexts, prefix, cap, stop):
+    runner = AbilityRunner(tiny, generation_batch_size=4)
+    requests = [Generate(c, stop=stop, max_new_tokens=cap, prefix=prefix) for c in contexts]
+    assert runner.generate(requests) == [reference_generate(runner, r) for r in requests]
+
+
+def test_outputs_keep_input_order(tiny):
+    runner = AbilityRunner(tiny, max_batch_size=2)
+    requests = [Choices("The capital" * n, (" of",)) for n in (1, 5, 2, 4, 3)]
+    scores = runner.loglikelihood(requests)
+    for req, got in zip(requests, scores):
+        assert got.logprobs[0] == pytest.approx(reference_loglikelihood(runner, req)[0][0],
+                                                abs=1e-4)
+
+
+def test_empty_continuation_is_an_error(tiny):
+    runner = AbilityRunner(tiny)
+    with pytest.raises(ValueError, match="empty continuation"):
+        runner.loglikelihood([Choices("The capital", ("",))])
+
+
+@pytest.mark.real_model
+def test_sentiment_items_match_reference_on_smollm2(smollm2, data_dir):
+    from editgate.evaluate import PROFILES, prepare
+
+    run = prepare("sentiment", data_dir, "smollm2-135m", PROFILES["quick"], limit=12)
+    runner = AbilityRunner(smollm2)
+    requests = [run.ability.requests(i, run.shots, run.style, smollm2, False)["label"]
+                for i in run.items]
+    for req, scores in zip(requests, runner.loglikelihood(requests)):
+        reference = [lp for lp, _ in reference_loglikelihood(runner, req)]
+        assert scores.logprobs == pytest.approx(reference, abs=1e-3)
