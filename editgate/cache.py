@@ -85,6 +85,7 @@ def get_or_compute(
     if path.exists():
         with contextlib.suppress(Exception):
             return load(path)
+    # Missing, or present but unreadable: recompute under the lock (never trust a bad file).
     with file_lock(path):
         if path.exists():  # another worker may have finished while we waited
             try:
@@ -99,19 +100,73 @@ def get_or_compute(
 JSON_CACHE_VERSION = 1
 
 
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def save_json(value: Any, path: Path) -> None:
+    """Write ``{"version", "sha256", "value"}``: the digest lets a reader reject a corrupted file."""
+    payload = {"version": JSON_CACHE_VERSION, "sha256": _json_digest(value), "value": value}
+    path.write_text(json.dumps(payload), "utf-8")
+
+
+def load_json(path: Path) -> Any:
+    """Read :func:`save_json` output; raises on a version change, truncation or bit flip."""
+    payload = json.loads(path.read_text("utf-8"))
+    if payload.get("version") != JSON_CACHE_VERSION:
+        raise ValueError("cache format version changed")
+    if payload.get("sha256") != _json_digest(payload["value"]):
+        raise ValueError("cache file content does not match its digest")
+    return payload["value"]
+
+
 def json_cache(path: Path, compute: Callable[[], Any]) -> Any:
-    """:func:`get_or_compute` for JSON-serialisable values, with a format-version guard."""
+    """:func:`get_or_compute` for JSON-serialisable values, with version and digest checks."""
+    return get_or_compute(path, compute, save_json, load_json)
 
-    def save(value: Any, tmp: Path) -> None:
-        tmp.write_text(json.dumps({"version": JSON_CACHE_VERSION, "value": value}), "utf-8")
 
-    def load(p: Path) -> Any:
-        payload = json.loads(p.read_text("utf-8"))
-        if payload.get("version") != JSON_CACHE_VERSION:
-            raise ValueError("cache format version changed")
-        return payload["value"]
+def tensors_digest(tensors: dict[str, Any]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes of a dict of tensors."""
+    import torch
 
-    return get_or_compute(path, compute, save, load)
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        sha.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file whose metadata carries a digest of its tensors (checked by load_tensors)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={**(metadata or {}), "sha256": tensors_digest(tensors)})
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a :func:`save_tensors` file; raises if the content was corrupted."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    tensors = load_file(str(path))
+    if metadata.get("sha256") != tensors_digest(tensors):
+        raise ValueError(f"{path}: tensor content does not match its digest")
+    return tensors, metadata
+
+
+def cache_usage() -> dict[str, tuple[int, int]]:
+    """Files and bytes per cache kind (``editgate cache info``)."""
+    usage: dict[str, tuple[int, int]] = {}
+    root = cache_root()
+    if not root.is_dir():
+        return usage
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [f for f in kind.rglob("*") if f.is_file()]
+        usage[kind.name] = (len(files), sum(f.stat().st_size for f in files))
+    return usage
 
 
 def file_sha256(path: Path) -> str:

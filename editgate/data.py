@@ -98,13 +98,29 @@ def validate(record: Record, schema: Sequence[Field]) -> None:
             raise record.error("must not be empty", field=spec.name)
 
 
+def check_unique(records: Sequence[Record], key: Callable[[Record], str], field: str) -> None:
+    """Raise on the first record whose ``key`` repeats an earlier one (naming both lines)."""
+    seen: dict[str, int] = {}
+    for record in records:
+        value = key(record)
+        if value in seen:
+            raise record.error(f"duplicate id {value!r} (first on line {seen[value]})", field=field)
+        seen[value] = record.line
+
+
 def read_jsonl(path: Path, schema: Sequence[Field] = ()) -> list[Record]:
     """Read and validate a JSONL file; the first bad line raises a :class:`DataError`."""
     if not path.is_file():
         raise DataError("file not found", path=path)
     records: list[Record] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                # utf-8-sig: a byte-order mark at the start of the file is not part of the JSON.
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not valid UTF-8 (byte {exc.start})", path=path,
+                                line=line_no) from None
             if not line.strip():
                 continue
             try:

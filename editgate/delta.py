@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from editgate.cache import load_tensors, save_tensors
 from editgate.errors import EditFailure
 
 
@@ -105,8 +105,10 @@ class WeightDelta:
         finally:
             handle.revert()
 
-    def save(self, path: Path) -> None:
-        tensors: dict[str, torch.Tensor] = {}
+    def save(self, path: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
+        """safetensors file with a content digest; ``extra`` tensors (regime state) ride along."""
+        tensors: dict[str, torch.Tensor] = {
+            f"extra::{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()}
         kinds: dict[str, str] = {}
         for name, update in self.updates.items():
             if isinstance(update, LowRank):
@@ -117,23 +119,25 @@ class WeightDelta:
                 tensors[f"{name}::dense"] = update.contiguous().cpu()
                 kinds[name] = "dense"
         metadata = {"kinds": json.dumps(kinds), "meta": json.dumps(self.meta)}
-        save_file(tensors, str(path), metadata=metadata)
+        save_tensors(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: Path) -> WeightDelta:
-        from safetensors import safe_open
+        """Load a saved delta; a truncated or corrupted file raises (its digest does not match)."""
+        return cls.load_with_extra(path)[0]
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+    @classmethod
+    def load_with_extra(cls, path: Path) -> tuple[WeightDelta, dict[str, torch.Tensor]]:
+        tensors, metadata = load_tensors(path)
+        extra = {k.removeprefix("extra::"): v for k, v in tensors.items() if k.startswith("extra::")}
         kinds = json.loads(metadata["kinds"])
-        tensors = load_file(str(path))
         updates: dict[str, Update] = {}
         for name, kind in kinds.items():
             if kind == "lowrank":
                 updates[name] = LowRank(tensors[f"{name}::left"], tensors[f"{name}::right"])
             else:
                 updates[name] = tensors[f"{name}::dense"]
-        return cls(updates, json.loads(metadata.get("meta", "{}")))
+        return cls(updates, json.loads(metadata.get("meta", "{}"))), extra
 
 
 @dataclass

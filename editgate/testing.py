@@ -39,28 +39,36 @@ def tiny_tokenizer():
         vocab_size=320, special_tokens=["<bos>", "<eos>", "<pad>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(_CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>",
                                    eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = CHATML  # so prompt forms that use the chat template run on tiny models
+    return fast
 
 
-def tiny_model(arch: str = "llama", *, seed: int = 0, layers: int = 4) -> LoadedModel:
-    """A randomly initialised causal LM of the given architecture with the tiny tokenizer."""
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_model(arch: str = "llama", *, seed: int = 0, layers: int = 4, positions: int = 256,
+               ) -> LoadedModel:
+    """A randomly initialised causal LM of the given architecture with the tiny tokenizer
+    (``positions``: context length; real task prompts need a few thousand of its byte tokens)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
     common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     if arch == "gpt2":
-        config = GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=256,
+        config = GPT2Config(n_layer=layers, n_embd=32, n_head=4, n_positions=positions,
                             n_inner=64, **common)
     elif arch == "llama":
         config = LlamaConfig(num_hidden_layers=layers, hidden_size=32, intermediate_size=64,
                              num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, tie_word_embeddings=True, **common)
+                             max_position_embeddings=positions, tie_word_embeddings=True, **common)
     elif arch == "gemma3":
         config = Gemma3TextConfig(num_hidden_layers=layers, hidden_size=32, intermediate_size=64,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                  max_position_embeddings=256, sliding_window=16,
+                                  max_position_embeddings=positions, sliding_window=16,
                                   final_logit_softcapping=30.0, **common)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {TINY_ARCHS}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from editgate.runner import AbilityRunner, Choices, Generate
+from editgate.runner import AbilityRunner, Choices, ChoiceScores, Distributions, Generate
 
 
 @torch.no_grad()
@@ -29,8 +29,8 @@ def reference_loglikelihood(runner: AbilityRunner, request: Choices) -> list[tup
 @torch.no_grad()
 def reference_generate(runner: AbilityRunner, request: Generate) -> str:
     lm = runner.lm
-    prefix = list(lm.encode(request.prefix, bos=True)) if request.prefix else []
-    ids = prefix + lm.encode(request.context, bos=not request.prefix)
+    prefix, body = runner.split_prompt(request.prefix, request.context)
+    ids = list(prefix) + body
     generated: list[int] = []
     text = ""
     for _ in range(request.max_new_tokens):
@@ -40,9 +40,48 @@ def reference_generate(runner: AbilityRunner, request: Generate) -> str:
             break
         generated.append(token)
         text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-        if any(stop in text for stop in request.stop):
+        if _stop_position(text, request.stop) is not None:
             break
-    for stop in request.stop:
-        if stop in text:
-            text = text[: text.find(stop)]
-    return text
+    position = _stop_position(text, request.stop)
+    return text if position is None else text[:position]
+
+
+def _stop_position(text: str, stops) -> int | None:
+    """Earliest stop string that follows some non-blank text (a leading newline is not an end)."""
+    start = len(text) - len(text.lstrip())
+    if start == len(text):
+        return None
+    positions = [text.find(stop, start) for stop in stops if text.find(stop, start) != -1]
+    return min(positions) if positions else None
+
+
+class ReferenceRunner:
+    """The runner's interface, one request at a time through the plain functions above."""
+
+    def __init__(self, runner: AbilityRunner) -> None:
+        self.runner = runner
+        self.lm = runner.lm
+
+    def loglikelihood(self, requests, progress=None) -> list[ChoiceScores]:
+        out = []
+        for request in requests:
+            scores = reference_loglikelihood(self.runner, request)
+            counts = tuple(len(c) for c in self.runner.tokenize_choices(request).continuations)
+            out.append(ChoiceScores(tuple(lp for lp, _ in scores), counts,
+                                    tuple(g for _, g in scores)))
+        return out
+
+    def generate(self, requests, progress=None) -> list[str]:
+        return [reference_generate(self.runner, r) for r in requests]
+
+    @torch.no_grad()
+    def distributions(self, requests: list[Distributions], progress=None) -> list:
+        out = []
+        for request in requests:
+            tokens = self.runner.tokenize_choices(Choices(request.context, (request.continuation,),
+                                                          request.prefix))
+            context, target = list(tokens.prefix) + tokens.context, tokens.continuations[0]
+            logits = self.runner.model(input_ids=torch.tensor([context + target])).logits[0]
+            logprobs = F.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
+            out.append(request.reduce(logprobs, torch.tensor(target)))
+        return out

@@ -40,7 +40,7 @@ def test_good_edit_file(tmp_path):
     ({"target_new": "French"}, "target_new", "nothing to edit"),
 ])
 def test_bad_edit_record_names_file_line_field(tmp_path, change, field, message):
-    path = _write(tmp_path, [GOOD, {**GOOD, **change}])
+    path = _write(tmp_path, [GOOD, {**GOOD, "case_id": 8, **change}])
     with pytest.raises(DataError, match=message) as info:
         read_edit_file(path)
     assert f"{path}:2" in str(info.value)
