@@ -6,11 +6,12 @@ unedited score shows up here. `--update-baselines` rewrites the golden file for 
 
 import pytest
 
-from editgate.baselines import check_or_update
+from editgate.baselines import check_or_update, summarize
 
 
-def test_baseline(baseline_ability, editgate):
+def test_baseline(baseline_ability, editgate, recorder):
     if editgate.settings.limit is not None:
         pytest.skip("golden baselines are defined for the profile's item counts; --limit is set")
     problems = check_or_update(editgate, baseline_ability)
+    recorder.baseline(baseline_ability, summarize(editgate, baseline_ability), problems)
     assert not problems, "\n".join(problems)

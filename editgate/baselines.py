@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from editgate.cache import atomic_write_text, cache_key, cache_root, file_lock
-from editgate.gate import bootstrap_ci, mean
+from editgate.gate import aggregate, aggregate_ci
 
 # Scores are deterministic on one machine; across BLAS builds log-probs move by ~1e-5.
 MATCH_TOLERANCE = 1e-3
@@ -29,9 +29,8 @@ def summarize(plugin, ability: str) -> dict[str, Any]:
     results = session.baseline(ability)
     metrics = {}
     for metric in run.ability.active_metrics(run.generation):
-        values = [r.metrics[metric.name] for r in results]
-        low, high = bootstrap_ci(values)
-        entry: dict[str, Any] = {"mean": round(mean(values), 6),
+        low, high = aggregate_ci(results, metric.name)
+        entry: dict[str, Any] = {"mean": round(aggregate(results, metric.name), 6),
                                  "ci95": [round(low, 6), round(high, 6)]}
         if metric.chance is not None:
             entry["chance"] = metric.chance

@@ -21,7 +21,7 @@ from editgate.data import load_dataset
 from editgate.errors import ConfigError
 from editgate.models import LoadedModel
 from editgate.registry import ABILITIES
-from editgate.runner import RUNNER_VERSION, AbilityRunner, Choices, Generate
+from editgate.runner import RUNNER_VERSION, AbilityRunner, Choices, Distributions, Generate
 
 
 @dataclass(frozen=True)
@@ -101,28 +101,30 @@ def prepare(ability_name: str, data_dir: Path, model_name: str, profile: Profile
 
 
 def evaluate(run: AbilityRun, runner: AbilityRunner, progress: Callable[[int], None] | None = None,
-             ) -> list[ItemResult]:
-    """Per-item results of ``run`` on the runner's model in its current state."""
+             state: str = "base") -> list[ItemResult]:
+    """Per-item results of ``run`` on the runner's model in its current weight state ``state``
+    ('base' for the unedited weights, else the delta chain's key)."""
+    return run.ability.evaluate(run, runner, state, progress)
+
+
+def run_requests(run: AbilityRun, runner: AbilityRunner,
+                 progress: Callable[[int], None] | None = None) -> list[ItemResult]:
+    """The default evaluation: every item's requests, run in bulk by kind, then scored per item."""
     per_item: list[dict[str, Request]] = [
         run.ability.requests(item, run.shots, run.style, runner.lm, run.generation)
         for item in run.items
     ]
-    choice_keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
-                   if isinstance(r, Choices)]
-    generate_keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
-                     if isinstance(r, Generate)]
     outputs: list[dict[str, Any]] = [{} for _ in per_item]
-    total = len(choice_keys) + len(generate_keys)
+    total = sum(len(reqs) for reqs in per_item)
     step = (lambda n: progress(n * len(run.items) / max(total, 1))) if progress else None
-    if choice_keys:
-        scores = runner.loglikelihood([per_item[i][k] for i, k in choice_keys], progress=step)
-        for (i, k), score in zip(choice_keys, scores):
-            outputs[i][k] = score
-    if generate_keys:
-        texts = runner.generate([per_item[i][k] for i, k in generate_keys], progress=step)
-        for (i, k), text in zip(generate_keys, texts):
-            outputs[i][k] = text
-    return [run.ability.score(item, out) for item, out in zip(run.items, outputs)]
+    for kind, method in ((Choices, runner.loglikelihood), (Distributions, runner.distributions),
+                         (Generate, runner.generate)):
+        keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
+                if isinstance(r, kind)]
+        if keys:
+            for (i, k), out in zip(keys, method([per_item[i][k] for i, k in keys], progress=step)):
+                outputs[i][k] = out
+    return [run.ability.score(item, out, run.style) for item, out in zip(run.items, outputs)]
 
 
 def results_key(run: AbilityRun, lm: LoadedModel, state: str) -> str:
@@ -134,5 +136,5 @@ def cached_evaluate(run: AbilityRun, runner: AbilityRunner, state: str,
                     progress: Callable[[int], None] | None = None) -> list[ItemResult]:
     """:func:`evaluate`, memoised on disk by (run key, model fingerprint, weight state)."""
     path = cache_path("results", results_key(run, runner.lm, state), ".json")
-    raw = json_cache(path, lambda: [r.to_json() for r in evaluate(run, runner, progress)])
+    raw = json_cache(path, lambda: [r.to_json() for r in evaluate(run, runner, progress, state)])
     return [ItemResult.from_json(r) for r in raw]

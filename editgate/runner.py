@@ -13,20 +13,26 @@ Where the speed comes from (fp32 on a CPU is bound by matmul FLOPs, so the runne
 3. One context per item across its choices: the item's context is run once, its KV rows are
    repeated for the choices, and only the continuation tokens are run again.
 4. Items are sorted by length and batched under a token budget, so padding stays small.
-5. Generation drops finished rows from the batch (and their KV rows) instead of carrying them.
+5. Generation streams: a finished row leaves the batch (with its KV rows) and waiting prompts are
+   prefilled and merged in, so the batch stays full and never waits for its slowest answer.
+   Cache columns no live row attends to are dropped as rows leave.
+6. Identical requests are run once (a calibration prompt shared by every item costs one request).
 
-Token ids are always ``prefix_ids + context_ids + continuation_ids`` with each part tokenised on
-its own (BOS, when the model wants one, goes at the very start). The reference scorer in the tests
-builds the same ids and runs one plain forward per (item, choice); the runner must agree with it.
+Token ids are ``prefix_ids + context_ids + continuation_ids``: prefix and context as the tokenizer
+reads them jointly (split where their tokens part, see :meth:`AbilityRunner.split_prompt`), each
+continuation tokenised on its own (BOS, when the model wants one, goes at the very start). The
+reference scorer in the tests builds the same ids and runs one plain forward per (item, choice);
+the runner must agree with it.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +40,7 @@ from transformers import DynamicCache
 
 from editgate.models import LoadedModel
 
-RUNNER_VERSION = "1"  # part of every results-cache key: bump when scores could change
+RUNNER_VERSION = "3"  # part of every results-cache key: bump when scores could change
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,20 @@ class Generate:
     prefix: str = ""
 
 
+@dataclass(frozen=True)
+class Distributions:
+    """The next-token distributions at every token of ``continuation`` after ``prefix + context``.
+
+    Full [T, vocab] log-probability rows are too big to keep for many items, so each item's rows
+    go to ``reduce(logprobs, targets)`` as soon as they exist and the runner returns its result.
+    """
+
+    context: str
+    continuation: str
+    reduce: Callable[[torch.Tensor, torch.Tensor], Any] = field(compare=False)
+    prefix: str = ""
+
+
 @dataclass
 class _Tokenized:
     prefix: tuple[int, ...]
@@ -94,17 +114,40 @@ class AbilityRunner:
         # transformers 5.x renamed `past_key_values` to `cache`; accept both.
         params = inspect.signature(self.decoder.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._prefix_ids: dict[str, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ helpers
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.head_logits(hidden)
 
-    def _tokenize_prefix(self, prefix: str) -> tuple[int, ...]:
-        return tuple(self.lm.encode(prefix, bos=True)) if prefix else ()
+    def _eos_ids(self) -> set[int]:
+        """The tokenizer's EOS plus the generation config's (chat models end turns differently)."""
+        ids = {self.lm.tokenizer.eos_token_id}
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+        return {i for i in ids if i is not None}
 
-    def _tokenize_body(self, prefix: str, text: str) -> list[int]:
-        return self.lm.encode(text, bos=not prefix)
+    def split_prompt(self, prefix: str, text: str) -> tuple[tuple[int, ...], list[int]]:
+        """Ids of ``prefix + text`` as the tokenizer reads them *jointly*, split into a shared
+        prefix part and the item's part.
+
+        Tokenised apart, the seam can differ from the joint reading (a prefix ending "\n\n"
+        before "Review" is one token alone, two in context), so the shared part is the longest
+        common run of the prefix's own tokens and the joint ids: the same for every item whose
+        text starts alike, and never the whole prompt.
+        """
+        if not prefix:
+            return (), self.lm.encode(text, bos=True)
+        if prefix not in self._prefix_ids:
+            self._prefix_ids[prefix] = tuple(self.lm.encode(prefix, bos=True))
+        alone = self._prefix_ids[prefix]
+        joint = self.lm.encode(prefix + text, bos=True)
+        shared = 0
+        limit = min(len(alone), len(joint) - 1)
+        while shared < limit and alone[shared] == joint[shared]:
+            shared += 1
+        return tuple(joint[:shared]), joint[shared:]
 
     @torch.no_grad()
     def _prefix_cache(self, prefix_ids: tuple[int, ...]) -> DynamicCache | None:
@@ -163,12 +206,11 @@ class AbilityRunner:
     # ------------------------------------------------------------------ log-likelihood
 
     def tokenize_choices(self, request: Choices) -> _Tokenized:
-        prefix = self._tokenize_prefix(request.prefix)
         context_text, conts = request.context, list(request.continuations)
         stripped = context_text.rstrip(" ")
         if stripped != context_text:
             conts = [context_text[len(stripped):] + c for c in conts]
-        context = self._tokenize_body(request.prefix, stripped)
+        prefix, context = self.split_prompt(request.prefix, stripped)
         continuations = [self.lm.encode(c) for c in conts]
         if not context and not prefix:
             raise ValueError("a Choices request needs a non-empty context or prefix")
@@ -179,6 +221,14 @@ class AbilityRunner:
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[Choices], progress=None) -> list[ChoiceScores]:
         """Scores for every request, in input order. ``progress(n)`` is called as items finish."""
+        unique: dict[Choices, int] = {}
+        slots = [unique.setdefault(r, len(unique)) for r in requests]
+        if len(unique) < len(requests):  # score each distinct request once
+            duplicates = len(requests) - len(unique)
+            scores = self.loglikelihood(list(unique), progress)
+            if progress is not None:
+                progress(duplicates)
+            return [scores[slot] for slot in slots]
         tokenized = [self.tokenize_choices(r) for r in requests]
         results: list[ChoiceScores | None] = [None] * len(requests)
         by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
@@ -280,38 +330,42 @@ class AbilityRunner:
                 results[keys[s]] = (lp, greedy)
         return results
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ distributions
 
     @torch.no_grad()
-    def generate(self, requests: Sequence[Generate], progress=None) -> list[str]:
-        """Greedy continuations, in input order, each cut at its first stop string."""
-        tokenizer = self.lm.tokenizer
-        outputs: list[str | None] = [None] * len(requests)
-        by_prefix: dict[str, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            by_prefix[request.prefix].append(index)
-        eos = {tokenizer.eos_token_id}
-        for prefix, indices in by_prefix.items():
-            prefix_ids = self._tokenize_prefix(prefix)
+    def distributions(self, requests: Sequence[Distributions], progress=None) -> list[Any]:
+        """``request.reduce(logprobs [T, V], targets [T])`` for every request, in input order."""
+        tokenized = [self.tokenize_choices(Choices(r.context, (r.continuation,), r.prefix))
+                     for r in requests]
+        results: list[Any] = [None] * len(requests)
+        by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, tok in enumerate(tokenized):
+            by_prefix[tok.prefix].append(index)
+        for prefix_ids, indices in by_prefix.items():
             prefix_cache = self._prefix_cache(prefix_ids)
-            bodies = {i: self._tokenize_body(prefix, requests[i].context) for i in indices}
-            order = sorted(indices, key=lambda i: -len(bodies[i]))
-            body = {i: len(b) for i, b in bodies.items()}
-            span = {i: len(bodies[i]) + requests[i].max_new_tokens for i in indices}
-            for batch in self._batches(order, span, self.generation_batch_size, body, span,
+            # One sequence per item: context + continuation[:-1]; the last T positions are scored.
+            bodies = [t.context + t.continuations[0][:-1] for t in tokenized]
+            lengths = [len(b) for b in bodies]
+            order = sorted(indices, key=lambda i: -lengths[i])
+            for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
                                        len(prefix_ids)):
-                texts = self._generate_batch([bodies[i] for i in batch],
-                                             [requests[i] for i in batch],
-                                             prefix_ids, prefix_cache, eos)
-                for i, text in zip(batch, texts):
-                    outputs[i] = text
+                hidden, _, _ = self._prefill([bodies[i] for i in batch], prefix_ids, prefix_cache)
+                for row, i in enumerate(batch):
+                    targets = torch.tensor(tokenized[i].continuations[0], device=hidden.device)
+                    positions = hidden[row, hidden.shape[1] - len(targets):]
+                    results[i] = requests[i].reduce(
+                        F.log_softmax(self.logits(positions), dim=-1), targets)
                 if progress is not None:
                     progress(len(batch))
-        return outputs  # type: ignore[return-value]
+        return results
 
-    def _generate_batch(self, bodies, requests, prefix_ids, prefix_cache, eos) -> list[str]:
+    # ------------------------------------------------------------------ generation
+
+    def _prefill(self, bodies: Sequence[list[int]], prefix_ids: tuple[int, ...],
+                 prefix_cache: DynamicCache | None,
+                 ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """Left-padded forward of ``bodies`` after the shared prefix: (hidden, cache, mask)."""
         device = self.lm.device
-        tokenizer = self.lm.tokenizer
         batch, past = len(bodies), len(prefix_ids)
         width = max(len(b) for b in bodies)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long, device=device)
@@ -323,45 +377,170 @@ class AbilityRunner:
         cache = (self._select_rows(prefix_cache, torch.zeros(batch, dtype=torch.long,
                                                              device=device))
                  if prefix_cache is not None else DynamicCache(config=self.lm.config))
-        hidden = self._run(ids, mask, cache, past)
-        next_tokens = self.logits(hidden[:, -1]).argmax(-1)
+        return self._run(ids, mask, cache, past), cache, mask
 
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        texts = [""] * batch
-        active = list(range(batch))  # original row of each live batch row
-        caps = [r.max_new_tokens for r in requests]
-        while active:
-            still: list[int] = []
-            for live_row, row in enumerate(active):
-                token = int(next_tokens[live_row])
-                done = token in eos
-                if not done:
-                    generated[row].append(token)
-                    texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
-                    done = (any(s in texts[row] for s in requests[row].stop)
-                            or len(generated[row]) >= caps[row])
-                if not done:
-                    still.append(live_row)
-            if not still:
-                break
-            keep = torch.tensor(still, device=device)
-            if len(still) < len(active):
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Generate], progress=None) -> list[str]:
+        """Greedy continuations, in input order, each cut at its first stop string."""
+        outputs: list[str | None] = [None] * len(requests)
+        by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        bodies: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            prefix_ids, bodies[index] = self.split_prompt(request.prefix, request.context)
+            by_prefix[prefix_ids].append(index)
+        eos = self._eos_ids()
+        for prefix_ids, indices in by_prefix.items():
+            prefix_cache = self._prefix_cache(prefix_ids)
+            order = sorted(indices, key=lambda i: -len(bodies[i]))
+            if self.window is None:
+                finished = self._generate_stream(order, bodies, requests, prefix_ids,
+                                                 prefix_cache, eos)
+            else:
+                finished = self._generate_batches(order, bodies, requests, prefix_ids,
+                                                  prefix_cache, eos)
+            for i, text in finished:
+                outputs[i] = _cut_at_stop(text, requests[i].stop)
+                if progress is not None:
+                    progress(1)
+        return outputs  # type: ignore[return-value]
+
+    def _generate_stream(self, order, bodies, requests, prefix_ids, prefix_cache, eos,
+                         ) -> Iterator[tuple[int, str]]:
+        """Continuous batching: refill freed rows from ``order`` (longest prompts first, so a
+        joining row is padded to the running cache length rather than growing it)."""
+        queue = deque(order)
+        cap = self.generation_batch_size
+        rows: list[_Row] = []
+        cache: DynamicCache | None = None
+        mask = next_tokens = torch.empty(0)
+        while queue or rows:
+            free = cap - len(rows)
+            if queue and (not rows or free >= max(1, cap // 4)):  # refill in chunks: fewer merges
+                joining = [queue.popleft() for _ in range(min(free, len(queue)))]
+                for chunk in self._prefill_chunks(joining, bodies):
+                    hidden, new_cache, new_mask = self._prefill([bodies[i] for i in chunk],
+                                                                prefix_ids, prefix_cache)
+                    new_tokens = self.logits(hidden[:, -1]).argmax(-1)
+                    rows += [_Row(i, requests[i]) for i in chunk]
+                    if cache is None:
+                        cache, mask, next_tokens = new_cache, new_mask, new_tokens
+                    else:
+                        mask = _merge_caches(cache, mask, new_cache, new_mask)
+                        next_tokens = torch.cat([next_tokens, new_tokens])
+            live = []
+            for r, row in enumerate(rows):
+                if row.push(int(next_tokens[r]), eos, self.lm.tokenizer):
+                    yield row.index, row.text
+                else:
+                    live.append(r)
+            if not live:
+                rows, cache = [], None
+                continue
+            assert cache is not None
+            if len(live) < len(rows):
+                keep = torch.tensor(live, device=mask.device)
                 cache.batch_select_indices(keep)
-                mask = mask.index_select(0, keep)
-                next_tokens = next_tokens.index_select(0, keep)
-            active = [active[i] for i in still]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype,
-                                               device=device)], dim=1)
-            step_ids = next_tokens[:, None]
-            hidden = self._run(step_ids, mask, cache, mask.shape[1] - 1)
+                mask, next_tokens = mask.index_select(0, keep), next_tokens.index_select(0, keep)
+                rows = [rows[r] for r in live]
+                mask = _drop_dead_columns(cache, mask)
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            hidden = self._run(next_tokens[:, None], mask, cache, mask.shape[1] - 1)
             next_tokens = self.logits(hidden[:, -1]).argmax(-1)
-        return [_cut_at_stop(text, request.stop) for text, request in zip(texts, requests)]
+
+    def _prefill_chunks(self, indices: list[int], bodies) -> list[list[int]]:
+        """Split joining rows so one prefill forward stays within the token budget."""
+        chunks: list[list[int]] = [[]]
+        for i in indices:
+            width = max([len(bodies[j]) for j in chunks[-1]] + [len(bodies[i])])
+            if chunks[-1] and width * (len(chunks[-1]) + 1) > self.max_batch_tokens:
+                chunks.append([])
+            chunks[-1].append(i)
+        return chunks
+
+    def _generate_batches(self, order, bodies, requests, prefix_ids, prefix_cache, eos,
+                          ) -> Iterator[tuple[int, str]]:
+        """Fixed batches for sliding-window models, where padding must not enter the window."""
+        body = {i: len(b) for i, b in bodies.items()}
+        span = {i: len(bodies[i]) + requests[i].max_new_tokens for i in order}
+        for batch in self._batches(order, span, self.generation_batch_size, body, span,
+                                   len(prefix_ids)):
+            hidden, cache, mask = self._prefill([bodies[i] for i in batch], prefix_ids,
+                                                prefix_cache)
+            next_tokens = self.logits(hidden[:, -1]).argmax(-1)
+            rows = [_Row(i, requests[i]) for i in batch]
+            while rows:
+                live = []
+                for r, row in enumerate(rows):
+                    if row.push(int(next_tokens[r]), eos, self.lm.tokenizer):
+                        yield row.index, row.text
+                    else:
+                        live.append(r)
+                if not live:
+                    break
+                if len(live) < len(rows):
+                    keep = torch.tensor(live, device=mask.device)
+                    cache.batch_select_indices(keep)
+                    mask, next_tokens = mask.index_select(0, keep), next_tokens.index_select(0, keep)
+                    rows = [rows[r] for r in live]
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                hidden = self._run(next_tokens[:, None], mask, cache, mask.shape[1] - 1)
+                next_tokens = self.logits(hidden[:, -1]).argmax(-1)
+
+
+@dataclass
+class _Row:
+    """One request being generated: its tokens so far and whether it is done."""
+
+    index: int
+    request: Generate
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+
+    def push(self, token: int, eos: set[int], tokenizer) -> bool:
+        """Append ``token``; True when the row is finished (EOS, a stop string, or the cap)."""
+        if token in eos:
+            return True
+        self.tokens.append(token)
+        self.text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        return (_find_stop(self.text, self.request.stop) is not None
+                or len(self.tokens) >= self.request.max_new_tokens)
+
+
+def _merge_caches(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache,
+                  other_mask: torch.Tensor) -> torch.Tensor:
+    """Append ``other``'s rows to ``cache`` in place, left-padding the shorter one with masked
+    columns so both end at the same column; returns the merged mask. Masked columns are
+    invisible: positions come from the mask's cumulative sum, not from column indices."""
+    length = max(mask.shape[1], other_mask.shape[1])
+    pad = lambda t, n: torch.cat([t.new_zeros((*t.shape[:-2], n, t.shape[-1])), t], dim=-2)
+    for layer, extra in zip(cache.layers, other.layers):
+        mine, theirs = length - layer.keys.shape[-2], length - extra.keys.shape[-2]
+        layer.keys = torch.cat([pad(layer.keys, mine), pad(extra.keys, theirs)])
+        layer.values = torch.cat([pad(layer.values, mine), pad(extra.values, theirs)])
+    widen = lambda m: torch.cat([m.new_zeros((m.shape[0], length - m.shape[1])), m], dim=1)
+    return torch.cat([widen(mask), widen(other_mask)])
+
+
+def _drop_dead_columns(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Remove cache columns masked for every live row (left over from rows that left)."""
+    alive = mask.any(0)
+    if bool(alive.all()):
+        return mask
+    columns = alive.nonzero().squeeze(1)
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, columns)
+        layer.values = layer.values.index_select(-2, columns)
+    return mask.index_select(1, columns)
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string starts, searching only after the first non-blank character:
+    a model that opens its answer with a newline has not finished it."""
+    body = len(text) - len(text.lstrip())
+    found = [p for p in (text.find(stop, body) for stop in stops) if p != -1]
+    return min(found) if body < len(text) and found else None
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    cut = len(text)
-    for stop in stops:
-        position = text.find(stop)
-        if position != -1:
-            cut = min(cut, position)
-    return text[:cut]
+    position = _find_stop(text, stops)
+    return text if position is None else text[:position]

@@ -13,16 +13,16 @@ metrics, where only the continuous one can show damage.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from editgate.data import DatasetSpec, Record
 from editgate.models import LoadedModel
-from editgate.runner import Choices, ChoiceScores, Generate
+from editgate.runner import Choices, ChoiceScores, Distributions, Generate
 
-Request = Choices | Generate
-Output = ChoiceScores | str
+Request = Choices | Generate | Distributions
+Output = ChoiceScores | str | Any
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class Metric:
     chance: float | None = None  # score of a random guesser, for the above-chance check
     generation: bool = False  # needs greedy generation: skipped by the quick profile
     unit: str = ""  # "" for fractions in [0, 1]; "nats" for log-probabilities
+    # Micro-averaged F1: items also carry "<name>.tp/.fp/.fn" counts and the aggregate is
+    # 2·ΣTP / (2·ΣTP + ΣFP + ΣFN) instead of the mean of the per-item values (see gate.aggregate).
+    micro_f1: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ class Ability:
                  generation: bool) -> dict[str, Request]:
         raise NotImplementedError
 
-    def score(self, item: Item, outputs: Mapping[str, Output]) -> ItemResult:
+    def score(self, item: Item, outputs: Mapping[str, Output],
+              style: PromptStyle | None = None) -> ItemResult:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- shared helpers
@@ -134,6 +138,38 @@ class Ability:
         chosen = order if limit is None else order[:limit]
         return [items[i] for i in chosen]
 
+    def evaluate(self, run: Any, runner: Any, state: str,
+                 progress: Callable[[int], None] | None = None) -> list[ItemResult]:
+        """Per-item results on the runner's model in weight state ``state`` ('base' = unedited).
+
+        The default builds every item's requests, runs them in bulk and scores each item; an
+        ability that compares against its own baseline (the KL canary) overrides this.
+        """
+        from editgate.evaluate import run_requests
+
+        return run_requests(run, runner, progress)
+
+
+def prompt(lm: LoadedModel, style: PromptStyle, shots: Sequence[tuple[str, str]], query: str, *,
+           sep: str = "\n\n", instruction: str = "") -> tuple[str, str]:
+    """(shared prefix, per-item context) of a k-shot prompt; ``shots`` are (prompt, answer) pairs.
+
+    Plain: ``instruction + Σ(prompt + answer + sep) + query``, answers keeping their leading space.
+    Chat: the instruction as system turn, each shot a user/assistant exchange, the query a last
+    user turn; the shot turns render to a string prefix of the whole, so they are still shared.
+    """
+    if not style.chat:
+        return instruction + "".join(q + a + sep for q, a in shots), query
+    messages = [{"role": "system", "content": instruction.strip()}] if instruction else []
+    for question, answer in shots:
+        messages += [{"role": "user", "content": question.strip()},
+                     {"role": "assistant", "content": answer.strip()}]
+    full = lm.chat_messages([*messages, {"role": "user", "content": query.strip()}])
+    prefix = lm.chat_messages(messages, generation_prompt=False) if shots else ""
+    if not full.startswith(prefix):  # a template that rewrites earlier turns: share nothing
+        prefix = ""
+    return prefix, full[len(prefix):]
+
 
 def wrap(lm: LoadedModel, style: PromptStyle, prefix: str, body: str) -> tuple[str, str]:
     """Apply the chat template when the style asks for it: (shared prefix, per-item context).
@@ -146,7 +182,77 @@ def wrap(lm: LoadedModel, style: PromptStyle, prefix: str, body: str) -> tuple[s
     return prefix, body
 
 
-def margin(scores: ChoiceScores, gold: int) -> float:
+def margin(scores: ChoiceScores | Sequence[float], gold: int) -> float:
     """log P(gold) − max log P(other): > 0 exactly when the gold choice wins."""
-    others = [lp for i, lp in enumerate(scores.logprobs) if i != gold]
-    return scores.logprobs[gold] - max(others)
+    values = scores.logprobs if isinstance(scores, ChoiceScores) else scores
+    others = [lp for i, lp in enumerate(values) if i != gold]
+    return values[gold] - max(others)
+
+
+def calibrated(scores: ChoiceScores, content_free: ChoiceScores | None) -> tuple[float, ...]:
+    """Contextual calibration (Zhao et al. 2021): subtract each label's log-prob given a
+    content-free input, cancelling the model's prior for one label. Identity without one."""
+    if content_free is None:
+        return scores.logprobs
+    return tuple(lp - prior for lp, prior in zip(scores.logprobs, content_free.logprobs))
+
+
+def argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: values[i])
+
+
+class Classification(Ability):
+    """Pick one of ``labels`` by log-likelihood after the prompt: accuracy and the gold margin.
+
+    Subclasses give the labels, the prompt of one item (ending where the label starts), its gold
+    index and a content-free prompt for calibration (``calibrate = true`` in prompts.toml).
+    """
+
+    labels: ClassVar[tuple[str, ...]]
+    metrics = (Metric("accuracy", "paper", chance=0.5),
+               Metric("margin", "continuous", unit="nats"))
+
+    def example(self, item: Mapping[str, Any] | Item) -> str:
+        raise NotImplementedError
+
+    def gold(self, item: Item) -> int:
+        raise NotImplementedError
+
+    def content_free(self) -> str:
+        raise NotImplementedError
+
+    def choose_shots(self, pool: Sequence[Item], k: int) -> list[Item]:
+        """Labels in turn (first label first), so a k-shot prompt is balanced and has no streak."""
+        by_label = [[i for i in pool if self.gold(i) == g] for g in range(len(self.labels))]
+        shots, cursor = [], [0] * len(self.labels)
+        for n in range(k):
+            g = n % len(self.labels)
+            if cursor[g] < len(by_label[g]):
+                shots.append(by_label[g][cursor[g]])
+                cursor[g] += 1
+        return shots
+
+    def requests(self, item: Item, shots: Sequence[Item], style: PromptStyle, lm: LoadedModel,
+                 generation: bool) -> dict[str, Request]:
+        space = "" if style.chat else " "
+        pairs = [(self.example(s), space + self.labels[self.gold(s)]) for s in shots]
+        instruction = style.options.get("instruction", "")
+        continuations = tuple(space + label for label in self.labels)
+        prefix, context = prompt(lm, style, pairs, self.example(item), instruction=instruction)
+        requests: dict[str, Request] = {"label": Choices(context, continuations, prefix)}
+        if style.options.get("calibrate"):
+            prefix, context = prompt(lm, style, pairs, self.content_free(), instruction=instruction)
+            requests["content_free"] = Choices(context, continuations, prefix)
+        return requests
+
+    def score(self, item: Item, outputs: Mapping[str, Output],
+              style: PromptStyle | None = None) -> ItemResult:
+        values = calibrated(outputs["label"], outputs.get("content_free"))
+        gold, predicted = self.gold(item), argmax(values)
+        return ItemResult(item.id, self.labels[predicted], self.labels[gold], {
+            "accuracy": float(predicted == gold), "margin": margin(values, gold)})
+
+
+def mean_logprob(scores: ChoiceScores, index: int = 0) -> float:
+    """Mean per-token log-probability of one continuation (nats/token)."""
+    return scores.logprobs[index] / max(scores.token_counts[index], 1)
