@@ -44,7 +44,9 @@ class Editor:
     name: ClassVar[str]
     version: ClassVar[str] = "1"  # bump when the same inputs would give a different delta
     can_batch: ClassVar[bool] = False  # accepts several requests in one call
+    control: ClassVar[bool] = False  # a control (noop, random): runs only when named explicitly
     HParams: ClassVar[type]
+    hparams_files: ClassVar[tuple[str, ...]] = ()  # hparams/<stem>.toml read in order
 
     def edit(self, ctx: EditContext, requests: Sequence[EditRequest], hparams: Any) -> WeightDelta:
         raise NotImplementedError
@@ -58,21 +60,34 @@ class Editor:
     def hparams(self, lm: LoadedModel, overrides: dict[str, Any] | None = None) -> Any:
         """Dataclass defaults < depth-derived defaults < ``[family.X]`` < ``[model.X]`` < overrides.
 
-        Read from ``editors/hparams/<editor>.toml``; unknown keys are an error, not ignored.
+        Read from ``editors/hparams/<stem>.toml`` for each stem in :attr:`hparams_files` (default:
+        the editor's name with '-' → '_'); unknown keys are an error, not ignored. TOML arrays
+        become tuples where the field's default is a tuple (e.g. MEMIT's ``layers``).
         """
         values = self.default_hparams(lm)
-        path = HPARAMS_DIR / f"{self.name.replace('-', '_')}.toml"
-        if path.is_file():
-            with open(path, "rb") as handle:
-                table = tomllib.load(handle)
-            values.update(table.get("family", {}).get(lm.family, {}))
-            values.update(table.get("model", {}).get(lm.name, {}))
+        paths = [HPARAMS_DIR / f"{stem}.toml"
+                 for stem in self.hparams_files or (self.name.replace("-", "_"),)]
+        for path in paths:
+            values.update(read_hparams_file(path, lm))
         values.update(overrides or {})
-        known = {f.name for f in dataclasses.fields(self.HParams)}
-        unknown = sorted(set(values) - known)
+        fields = {f.name: f for f in dataclasses.fields(self.HParams)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ConfigError(f"{self.name}: unknown hyper-parameters {unknown} (from {path})")
+            raise ConfigError(f"{self.name}: unknown hyper-parameters {unknown} "
+                              f"(from {', '.join(p.name for p in paths)} or overrides)")
+        for key, value in values.items():
+            if isinstance(fields[key].default, tuple) and isinstance(value, list):
+                values[key] = tuple(value)
         return self.HParams(**values)
+
+
+def read_hparams_file(path: Path, lm: LoadedModel) -> dict[str, Any]:
+    """``[family.<family>]`` then ``[model.<name>]`` of one hparams file (empty if absent)."""
+    if not path.is_file():
+        return {}
+    with open(path, "rb") as handle:
+        table = tomllib.load(handle)
+    return {**table.get("family", {}).get(lm.family, {}), **table.get("model", {}).get(lm.name, {})}
 
 
 def depth_scaled_layer(lm: LoadedModel, fraction: float) -> int:
@@ -170,3 +185,57 @@ def mlp_keys(lm: LoadedModel, layer: int, texts: Sequence[str], subjects: Sequen
             pass
     keys = records[layer]["input"]
     return torch.stack([keys[row, pos] for row, pos in enumerate(positions)]).float()
+
+
+def check_overrides(editor: type[Editor], overrides: dict[str, Any]) -> None:
+    """Validate ``--hparam`` overrides against the editor's HParams: known names, matching types."""
+    fields = {f.name: f for f in dataclasses.fields(editor.HParams)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"--hparam {editor.name}.{key}: unknown hyper-parameter; "
+                              f"known: {', '.join(sorted(fields))}")
+        default = fields[key].default
+        if default is dataclasses.MISSING or default is None:
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"--hparam {editor.name}.{key}={value!r}: expected "
+                              f"{expected.__name__}, got {type(value).__name__}")
+
+
+# ------------------------------------------------------------------------- residual stream
+
+
+def block_name(lm: LoadedModel, layer: int) -> str:
+    """The transformer block ``layer`` (its output is the residual stream after that layer)."""
+    return f"{lm.layout.layers_path}.{layer}"
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """A module's main output: blocks of some architectures return (hidden, ...) tuples."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def module_output_at(lm: LoadedModel, module_name: str, texts: Sequence[str],
+                     subjects: Sequence[str]) -> torch.Tensor:
+    """Output of ``module_name`` at each subject's last token, [n, d]; stops the pass there."""
+    batch = Batch.of(lm, [lm.encode(t, bos=True) for t in texts])
+    positions = [subject_last_token(lm, t, s) for t, s in zip(texts, subjects)]
+    record: dict[str, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+        record["output"] = first_tensor(output)
+        raise StopForward
+
+    handle = lm.module(module_name).register_forward_hook(hook)
+    try:
+        lm.model(input_ids=batch.ids, attention_mask=batch.mask)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return torch.stack([record["output"][row, pos] for row, pos in enumerate(positions)]).float()

@@ -42,8 +42,8 @@ from editgate.editors.base import (
     Batch,
     EditContext,
     Editor,
-    capture_mlp_io,
     depth_scaled_layer,
+    first_tensor,
     mlp_keys,
     subject_last_token,
     weight_out_in,
@@ -94,7 +94,7 @@ class ROME(Editor):
 
         k_star = mlp_keys(lm, hp.layer, prompts, [request.subject] * len(prompts)).mean(0)
         k_plain = mlp_keys(lm, hp.layer, [request.prompt], [request.subject])[0]
-        v_star = compute_value(lm, request, prompts, hp)
+        v_star = compute_value(lm, request, prompts, hp, lm.layout.out_proj_name(hp.layer))
 
         moment = (second_moments(lm, [hp.layer], ctx.data_dir, n_tokens=hp.mom2_tokens)[hp.layer]
                   if hp.mom2 else None)
@@ -153,9 +153,14 @@ def _sample_prefixes(lm: LoadedModel, count: int, length: int, seed: int) -> lis
     return prefixes
 
 
-def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
-                  hp: ROMEHParams) -> torch.Tensor:
-    """v* = v₀ + δ with δ optimised as in the module docstring. Returns a [d_out] vector."""
+def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str], hp: Any,
+                  module_name: str) -> torch.Tensor:
+    """v* = v₀ + δ with δ optimised as in the module docstring. Returns a [d] vector.
+
+    δ is added to the output of ``module_name`` at the subject's last token: ROME's MLP output
+    projection, or a whole block (the residual stream) for MEMIT's targets. ``hp`` supplies
+    steps, lr, kl_factor, weight_decay, clamp_norm_factor, early_stop_loss and autocast_bf16.
+    """
     target = lm.encode(request.target_new)
     kl_prompt = f"{request.subject} is a"
     # Rows: each prefixed prompt followed by all but the last target token, then the KL prompt.
@@ -169,13 +174,22 @@ def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
     lookup.append(subject_last_token(lm, kl_prompt, request.subject))
     batch = Batch.of(lm, rows)
     n_rewrite = len(prompts)
-    module = lm.module(lm.layout.out_proj_name(hp.layer))
+    module = lm.module(module_name)
     device = lm.device
 
-    # Reference distribution for the KL term and v₀, from the unedited model.
-    with torch.no_grad(), capture_mlp_io(lm, [hp.layer]) as records:
-        logits = lm.model(input_ids=batch.ids, attention_mask=batch.mask).logits
-    v0 = records[hp.layer]["output"][0, lookup[0]].detach().float()
+    # Reference distribution for the KL term and v₀ (prompts[0] is the plain prompt), unedited.
+    record: dict[str, torch.Tensor] = {}
+
+    def keep_output(mod: torch.nn.Module, args: tuple, output: Any) -> None:
+        record["output"] = first_tensor(output)
+
+    capture = module.register_forward_hook(keep_output)
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+    finally:
+        capture.remove()
+    v0 = record["output"][0, lookup[0]].detach().float()
     kl_reference = F.log_softmax(logits[n_rewrite, lookup[n_rewrite]].float(), dim=-1).detach()
 
     delta = torch.zeros_like(v0, requires_grad=True)
@@ -188,10 +202,10 @@ def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
     gather_cols = torch.tensor(target_starts, device=device)[:, None] + torch.arange(
         len(target), device=device)[None, :]
 
-    def add_delta(mod, args, output):
-        output = output.clone()
-        output[rows_index, lookup_index] += delta.to(output.dtype)
-        return output
+    def add_delta(mod: torch.nn.Module, args: tuple, output: Any) -> Any:
+        hidden = first_tensor(output).clone()
+        hidden[rows_index, lookup_index] += delta.to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handle = module.register_forward_hook(add_delta)
     try:
