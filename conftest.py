@@ -1,3 +1,4 @@
-# The editgate pytest plugin and its fixtures, for every test run from this checkout.
-# Outside this repository, enable them with `-p editgate.plugin -p editgate.fixtures`.
-pytest_plugins = ["editgate.plugin", "editgate.fixtures"]
+# The editgate pytest plugin, its fixtures and its reports, for every test run from this checkout.
+# Outside this repository, enable them with
+# `-p editgate.plugin -p editgate.fixtures -p editgate.report.plugin`.
+pytest_plugins = ["editgate.plugin", "editgate.fixtures", "editgate.report.plugin"]

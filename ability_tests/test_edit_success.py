@@ -3,18 +3,17 @@
 Without these, an editor that changes nothing would pass every ability gate.
 """
 
-from editgate.fixtures import require_edit
-
 from editgate.edit_success import success_rate
 
 
-def test_edit_success(edited, success_metric, editgate):
-    require_edit(edited)
+def test_edit_success(edited, success_metric, editgate, recorder):
+    recorder.require_edit(edited)
     outcomes = editgate.session.edit_success(edited)[success_metric]
-    threshold = editgate.tolerances.success_threshold(success_metric)
+    threshold = editgate.tolerances.success_threshold(success_metric,
+                                                      editgate.settings.edit_source)
     rate = success_rate(outcomes)
-    editgate.record_success(edited.case, success_metric, rate, threshold)
     failed = [o.item_id for o in outcomes if o.metrics["success"] < 1]
+    recorder.success(edited, success_metric, rate, threshold, failed, len(outcomes))
     assert rate >= threshold, (
         f"{edited.case.id}: {success_metric} {rate:.3f} < threshold {threshold:g} "
         f"over {len(outcomes)} probes; failed: {failed[:10]}")

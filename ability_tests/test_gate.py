@@ -4,17 +4,15 @@ One test per (editor, regime, checkpoint) × (ability, metric): the paired per-i
 95% bootstrap CI against the tolerance in ability_tests/tolerances.toml.
 """
 
-from editgate.fixtures import require_edit
-
 from editgate.gate import paired_gate
 
 
-def test_ability(edited, ability_metric, editgate):
-    require_edit(edited)
+def test_ability(edited, ability_metric, editgate, recorder):
+    recorder.require_edit(edited)
     ability, metric = ability_metric
     baseline = editgate.session.baseline(ability)
     after = editgate.session.evaluate(ability, edited)
     result = paired_gate(ability, metric, baseline, after,
                          editgate.tolerances.tolerance(ability, metric))
-    editgate.record_gate(edited.case, result)
+    recorder.gate(edited, result, editgate.session)
     assert result.passed, result.explain()

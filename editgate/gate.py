@@ -49,6 +49,56 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+# ------------------------------------------------------------------------- micro-averaged F1
+# An F1 over all items (NER's entity-level micro F1) is no mean of per-item values: its items carry
+# "<metric>.tp/.fp/.fn" counts, and the statistic is 2·ΣTP / (2·ΣTP + ΣFP + ΣFN). Bootstrap
+# resamples items and recomputes it, so CIs and paired deltas work exactly as for means.
+
+COUNT_KEYS = ("tp", "fp", "fn")
+
+
+def is_micro_f1(results: Sequence[ItemResult], metric: str) -> bool:
+    return bool(results) and all(f"{metric}.tp" in r.metrics for r in results)
+
+
+def _counts(results: Sequence[ItemResult], metric: str) -> np.ndarray:
+    return np.array([[r.metrics[f"{metric}.{k}"] for k in COUNT_KEYS] for r in results],
+                    dtype=np.float64)
+
+
+def _micro_f1(sums: np.ndarray) -> np.ndarray:
+    """F1 from [..., 3] summed counts; 1 where there was nothing to find and nothing found."""
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1e-12), 1.0)
+
+
+def _bootstrap_counts(counts: list[np.ndarray], level: float = 0.95) -> tuple[float, float]:
+    """CI of micro F1 (one array) or of its paired difference (edited − baseline: two arrays)."""
+    n = counts[0].shape[0]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    index = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    stats = [_micro_f1(c[index].sum(axis=1)) for c in counts]
+    values = stats[0] if len(stats) == 1 else stats[1] - stats[0]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def aggregate(results: Sequence[ItemResult], metric: str) -> float:
+    """The run's score for ``metric``: micro F1 where items carry counts, else the mean."""
+    if is_micro_f1(results, metric):
+        return float(_micro_f1(_counts(results, metric).sum(axis=0)))
+    return mean([r.metrics[metric] for r in results])
+
+
+def aggregate_ci(results: Sequence[ItemResult], metric: str) -> tuple[float, float]:
+    """95 % percentile-bootstrap CI of :func:`aggregate`."""
+    if is_micro_f1(results, metric) and len(results) > 1:
+        return _bootstrap_counts([_counts(results, metric)])
+    return bootstrap_ci([r.metrics[metric] for r in results])
+
+
 @dataclass(frozen=True)
 class WorstItem:
     item_id: str
@@ -105,6 +155,13 @@ def paired_gate(ability: str, metric: str, baseline: Sequence[ItemResult],
     diffs = e - b
     delta = float(diffs.mean()) if diffs.size else math.nan
     low, high = bootstrap_ci(diffs)
+    base_score, edited_score = float(b.mean()), float(e.mean())
+    if is_micro_f1(baseline, metric) and is_micro_f1(edited, metric):
+        ordered_after = [after[i] for i in ids]
+        base_score, edited_score = aggregate(baseline, metric), aggregate(ordered_after, metric)
+        delta = edited_score - base_score
+        low, high = ((delta, delta) if len(ids) < 2 else
+                     _bootstrap_counts([_counts(baseline, metric), _counts(ordered_after, metric)]))
     passed = not (delta < -tolerance and high < 0)
     if not np.isfinite(diffs).all():  # NaN or Inf scores: a broken model never passes
         passed = False
@@ -113,7 +170,7 @@ def paired_gate(ability: str, metric: str, baseline: Sequence[ItemResult],
         WorstItem(ids[i], float(b[i]), float(e[i]), before[ids[i]].prediction,
                   after[ids[i]].prediction, before[ids[i]].gold)
         for i in order if diffs[i] < 0)
-    return GateResult(ability, metric, len(ids), float(b.mean()), float(e.mean()), delta,
+    return GateResult(ability, metric, len(ids), base_score, edited_score, delta,
                       low, high, tolerance, passed, worst_items)
 
 
@@ -156,13 +213,15 @@ class Tolerances:
             parsed[key.strip()] = number
         return parsed
 
-    def _check(self) -> None:
-        for section, values in self.table.items():
+    def _check(self, table: Mapping[str, Any] | None = None, prefix: str = "") -> None:
+        for section, values in (self.table if table is None else table).items():
             if not isinstance(values, dict):
-                raise ConfigError(f"{self.source}: [{section}] must be a table")
+                raise ConfigError(f"{self.source}: [{prefix}{section}] must be a table")
             for key, value in values.items():
-                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                    raise ConfigError(f"{self.source}: [{section}] {key} = {value!r}: "
+                if isinstance(value, dict) and section == "edit_success":
+                    self._check({key: value}, prefix="edit_success.")
+                elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"{self.source}: [{prefix}{section}] {key} = {value!r}: "
                                       "expected a number ≥ 0")
 
     def tolerance(self, ability: str, metric: str) -> float:
@@ -175,13 +234,16 @@ class Tolerances:
         raise ConfigError(f"{self.source}: no tolerance for {key} (add it to [{ability}] "
                           "or [default])")
 
-    def success_threshold(self, metric: str) -> float:
-        """Minimum edit-success rate for ``metric`` (``[edit_success]`` in the file)."""
+    def success_threshold(self, metric: str, source: str = "counterfact") -> float:
+        """Minimum edit-success rate: ``[edit_success.<source>]`` over ``[edit_success]``."""
         key = f"edit_success.{metric}"
         if key in self.overrides:
             return self.overrides[key]
         section = self.table.get("edit_success", {})
-        if metric in section:
+        specific = section.get(source, {})
+        if isinstance(specific, dict) and metric in specific:
+            return float(specific[metric])
+        if metric in section and not isinstance(section[metric], dict):
             return float(section[metric])
         raise ConfigError(f"{self.source}: no edit-success threshold for {metric} "
                           "(add it to [edit_success])")

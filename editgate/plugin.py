@@ -23,12 +23,19 @@ from pathlib import Path
 import pytest
 
 from editgate.errors import EditgateError
-from editgate.gate import GateResult, Tolerances
+from editgate.gate import Tolerances
+from editgate.outcomes import PROPERTY, RunOutcomes
 from editgate.regimes import EditCase, Regime
 
-DEFAULT_EDITORS = ("rome",)
-DEFAULT_REGIMES = {"quick": ("single",), "standard": ("single",), "paper": ("single",)}
-CONTROL_EDITORS: set[str] = set()  # registered, but run only when named in --editors
+# The paper's grid per profile: (regimes, checkpoints of the sequential ones). `single` is the
+# first link of every sequential chain, so it costs nothing extra (same cached delta and scores).
+PROFILE_MATRIX: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "quick": (("single", "sequential-10", "batch-10"), (1, 5, 10)),
+    "standard": (("single", "sequential-50", "batch-50", "batch-10-sequential-50"),
+                 (1, 10, 25, 50)),
+    "paper": (("single", "sequential-200", "batch-100", "batch-1000", "batch-10-sequential-200"),
+              (1, 10, 20, 50, 100, 200)),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--checkpoints", help="edit counts to evaluate sequential regimes at, "
                     "e.g. 1,5,10")
     group.addoption("--edit-source", default="counterfact", help="counterfact | zsre")
+    group.addoption("--edits-file", help="your own edit requests: JSONL in CounterFact's reduced "
+                    "format (case_id, prompt, subject, target_new, ground_truth, ...)")
     group.addoption("--tolerance", action="append", default=[], metavar="ABILITY.METRIC=X",
                     help="override one tolerance (repeatable)")
     group.addoption("--tolerances-file", help="TOML file of tolerances "
@@ -62,6 +71,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("editgate_profile", "default profile", default="quick")
     parser.addini("editgate_suite_dir", "folder name of gate suites (options are checked "
                   "before collection when a run includes it)", default="ability_tests")
+
+
+def worker_device(device: str) -> str:
+    """Under pytest-xdist with ``--device auto``, pin worker gwN to GPU N mod #GPUs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if device != "auto" or not worker.startswith("gw"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    return f"cuda:{int(worker[2:]) % count}" if count else "cpu"
 
 
 def _split(text: str | None) -> list[str]:
@@ -94,10 +114,7 @@ class EditgatePlugin:
         self.config = config
         self._ready = False
         self._session = None
-        self.gates: dict[tuple[str, str, str], GateResult] = {}
-        self.success: dict[tuple[str, str], tuple[float, float, bool]] = {}
-        self.edit_errors: dict[str, str] = {}
-        self.edit_seconds: dict[str, float] = {}
+        self.outcomes = RunOutcomes()
         self.collected_abilities: list[str] = []
 
     def setup(self) -> None:
@@ -139,23 +156,27 @@ class EditgatePlugin:
                                     base=Path(config.rootpath))
         self.settings = Settings(
             model=opt("--model") or config.getini("editgate_model"), data_dir=data_dir,
-            profile=profile, device=opt("--device"), dtype=opt("--dtype"), limit=opt("--limit"),
+            profile=profile, device=worker_device(opt("--device")), dtype=opt("--dtype"),
+            limit=opt("--limit"),
             edit_source=opt("--edit-source"), seed=opt("--seed"),
+            edits_file=Path(opt("--edits-file")).resolve() if opt("--edits-file") else None,
             hparam_overrides=_parse_hparams(opt("--hparam")),
         )
         known_editors = EDITORS.names()
+        # Controls (noop, random-rank1) join the matrix only when named in --editors.
         self.editors = _split(opt("--editors")) or [
-            e for e in known_editors if e not in CONTROL_EDITORS]
+            e for e in known_editors if not EDITORS.get(e).control]
         for name in self.editors:
             EDITORS.get(name)  # unknown names fail now, with the list of known ones
         self.abilities = _split(opt("--abilities")) or ABILITIES.names()
         for name in self.abilities:
             ABILITIES.get(name)
-        regimes = _split(opt("--regimes")) or list(DEFAULT_REGIMES[profile.name])
+        default_regimes, default_checkpoints = PROFILE_MATRIX[profile.name]
+        regimes = _split(opt("--regimes")) or list(default_regimes)
         self.regimes = [Regime.parse(r) for r in regimes]
         checkpoints = _split(opt("--checkpoints"))
         try:
-            self.checkpoints = tuple(int(c) for c in checkpoints) or None
+            self.checkpoints = tuple(int(c) for c in checkpoints) or default_checkpoints
         except ValueError:
             from editgate.errors import ConfigError
 
@@ -164,12 +185,32 @@ class EditgatePlugin:
         tolerance_file = opt("--tolerances-file") or suite / "tolerances.toml"
         self.tolerances = Tolerances.load(Path(tolerance_file), opt("--tolerance"))
         self.update_baselines = bool(opt("--update-baselines"))
+        self._validate_inputs()
+
+    def _validate_inputs(self) -> None:
+        """Everything checkable without loading the model: fail before the first test, not after
+        an hour of editing. Data files are parsed and validated here (a second or two)."""
+        from editgate.editors.base import check_overrides
+        from editgate.errors import ConfigError
+        from editgate.models import validate_model_spec
+        from editgate.registry import EDITORS
+
+        settings = self.settings
+        if settings.limit is not None and settings.limit < 1:
+            raise ConfigError(f"--limit {settings.limit}: must be at least 1")
+        validate_model_spec(settings.model, settings.device, settings.dtype)
+        for editor, overrides in settings.hparam_overrides.items():
+            check_overrides(EDITORS.get(editor), overrides)
+        for ability in self.abilities:
+            self.session.ability_run(ability)  # loads and validates the ability's data
+        self.session.requests(max(r.total for r in self.regimes))  # and the edit requests
 
     # ---------------------------------------------------------------- session
 
     @property
     def session(self):
-        self.setup()
+        if not hasattr(self, "settings"):
+            self.setup()
         if self._session is None:
             from editgate.console import ProgressBars
             from editgate.session import EditgateSession
@@ -182,16 +223,23 @@ class EditgatePlugin:
         return self._session
 
     def cases(self) -> list[EditCase]:
+        return [EditCase(editor, regime, checkpoint)
+                for editor in self.editors for regime in self.regimes
+                for checkpoint in regime.checkpoints(self.checkpoints)]
+
+    def case_params(self) -> list:
+        """Cases as pytest params; batch regimes are skipped (with the reason) for non-batch editors."""
         from editgate.registry import EDITORS
 
-        cases = []
-        for editor in self.editors:
-            editor_cls = EDITORS.get(editor)
-            for regime in self.regimes:
-                for checkpoint in regime.checkpoints(self.checkpoints):
-                    cases.append(EditCase(editor, regime, checkpoint))
-            del editor_cls
-        return cases
+        params = []
+        for case in self.cases():
+            marks = []
+            if case.regime.batch_size > 1 and not EDITORS.get(case.editor).can_batch:
+                marks.append(pytest.mark.skip(
+                    reason=f"{case.editor} edits one request per call; {case.regime.name} "
+                           f"needs batches of {case.regime.batch_size}"))
+            params.append(pytest.param(case, id=case.id, marks=marks))
+        return params
 
     def gated_metrics(self) -> list[tuple[str, str]]:
         pairs = []
@@ -199,19 +247,6 @@ class EditgatePlugin:
             run = self.session.ability_run(name)
             pairs.extend((name, m.name) for m in run.ability.active_metrics(run.generation))
         return pairs
-
-    # ---------------------------------------------------------------- outcomes
-
-    def record_edit(self, state) -> None:
-        self.edit_seconds[state.case.id] = state.edit_seconds
-        if state.error is not None:
-            self.edit_errors[state.case.id] = state.error
-
-    def record_gate(self, case: EditCase, result: GateResult) -> None:
-        self.gates[(case.id, result.ability, result.metric)] = result
-
-    def record_success(self, case: EditCase, metric: str, rate: float, threshold: float) -> None:
-        self.success[(case.id, metric)] = (rate, threshold, rate >= threshold)
 
     # ---------------------------------------------------------------- pytest hooks
 
@@ -222,9 +257,7 @@ class EditgatePlugin:
         if {"edited", "ability_metric", "success_metric", "baseline_ability"} & set(names):
             self.setup()
         if "edited" in names:
-            cases = self.cases()
-            metafunc.parametrize("edited", cases, ids=[c.id for c in cases], indirect=True,
-                                 scope="session")
+            metafunc.parametrize("edited", self.case_params(), indirect=True, scope="session")
         if "ability_metric" in names:
             pairs = self.gated_metrics()
             metafunc.parametrize("ability_metric", pairs, ids=[f"{a}-{m}" for a, m in pairs])
@@ -250,15 +283,39 @@ class EditgatePlugin:
                 item.add_marker(pytest.mark.xdist_group(case.group))
         self.collected_abilities = sorted(abilities)
 
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Gather outcome records (from this process or from xdist workers)."""
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                self.outcomes.add(value)
+
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
-        if not (self.gates or self.success or self.edit_errors):
+        if not self.outcomes:
             return
         from editgate.summary import render_summary
 
         width = terminalreporter._tw.fullwidth
         buffer = io.StringIO()
-        render_summary(self, buffer, width=width, color=terminalreporter.hasmarkup)
+        render_summary(self.outcomes, self.settings, buffer, width=width,
+                       color=terminalreporter.hasmarkup)
         terminalreporter.write(buffer.getvalue())
+        terminalreporter.write_line(resource_line())
+
+
+def resource_line() -> str:
+    """Peak memory of this process and its workers, and the disk the caches take."""
+    import resource
+
+    from editgate.cache import cache_root, cache_usage
+
+    # ru_maxrss is in KiB on Linux; xdist workers count as children of the controller.
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / (1 << 20)
+    cached = sum(size for _, size in cache_usage().values()) / (1 << 30)
+    return (f"resources: peak memory {peak:.2f} GiB per process · caches {cached:.2f} GiB in "
+            f"{cache_root()} (`editgate cache info`, `editgate cache clean`)")
 
 
 PLUGIN_NAME = "editgate-plugin"

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from editgate.abilities.base import ItemResult
-from editgate.cache import cache_key, cache_path, file_lock
+from editgate.cache import atomic_write, cache_key, cache_path, file_lock
 from editgate.delta import AppliedDelta, WeightDelta
-from editgate.edit_success import edit_success
+from editgate.edit_success import edit_success, locality_reference
 from editgate.editors.base import EditContext, Editor
-from editgate.edits import EditRequest, load_edit_requests
-from editgate.errors import EditFailure, EditgateError
-from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare
+from editgate.edits import EditRequest, load_edit_requests, read_edit_file
+from editgate.errors import DataError, EditFailure, EditgateError
+from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare, results_key
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
 from editgate.regimes import EditCase
 from editgate.registry import EDITORS
@@ -45,6 +45,7 @@ class Settings:
     dtype: str = "float32"
     limit: int | None = None
     edit_source: str = "counterfact"
+    edits_file: Path | None = None  # user-supplied requests instead of edit_source
     seed: int = 0
     hparam_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -76,6 +77,7 @@ class EditgateSession:
         self._requests_hash = ""
         self._applied: list[AppliedDelta] = []
         self._success: dict[str, dict[str, list[ItemResult]]] = {}
+        self._locality: dict[tuple[str, str], list[int]] | None = None
         self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- model and abilities
@@ -117,14 +119,26 @@ class EditgateSession:
             self.timings[f"baseline.{ability}_s"] = time.perf_counter() - start
         return self._baselines[ability]
 
-    def ensure_baselines(self, abilities: list[str]) -> None:
+    def ensure_baselines(self, abilities: list[str], max_edits: int = 0) -> None:
+        """Everything that needs the unedited weights: ability baselines, zsRE locality tokens."""
         for ability in abilities:
             self.baseline(ability)
+        if self.settings.edit_source == "zsre" and max_edits and self._locality is None:
+            if self._applied:
+                raise RuntimeError("locality reference requested while the model is edited")
+            self._locality = locality_reference(self.runner, self.requests(max_edits))
 
     # ---------------------------------------------------------------- edits
 
     def requests(self, count: int) -> list[EditRequest]:
-        if self._requests is None or len(self._requests) < count:
+        """The first ``count`` edit requests (from --edits-file, else the edit source)."""
+        if self.settings.edits_file is not None:
+            if self._requests is None:
+                self._requests = read_edit_file(self.settings.edits_file)
+            if len(self._requests) < count:
+                raise DataError(f"{len(self._requests)} edit requests, the regimes need {count}",
+                                path=self.settings.edits_file)
+        elif self._requests is None or len(self._requests) < count:
             self._requests, self._requests_hash = load_edit_requests(
                 self.settings.edit_source, self.settings.data_dir, count,
                 skip_invalid=self.settings.edit_source == "zsre")
@@ -177,31 +191,34 @@ class EditgateSession:
 
     def _load_or_compute(self, path: Path, editor: Editor, ctx: EditContext,
                          requests: list[EditRequest], hparams: Any) -> tuple[WeightDelta, float]:
-        state_path = path.with_suffix(".state.safetensors")
-        if path.exists():
+        """The cached delta of this chain step (restoring the regime state saved with it), or a
+        freshly computed one, saved atomically under a lock so parallel workers compute it once."""
+
+        def cached() -> WeightDelta | None:
+            if not path.exists():
+                return None
             try:
-                delta = WeightDelta.load(path)
-                if state_path.exists():
-                    ctx.state = _load_state(state_path)
-                return delta, 0.0
-            except Exception:
-                path.unlink(missing_ok=True)  # corrupted: recompute
+                delta, state = WeightDelta.load_with_extra(path)
+            except Exception:  # truncated or corrupted: recompute, never trust
+                path.unlink(missing_ok=True)
+                return None
+            ctx.state = dict(state)
+            return delta
+
+        if (delta := cached()) is not None:
+            return delta, 0.0
         with file_lock(path):
-            if path.exists():
-                return self._load_or_compute(path, editor, ctx, requests, hparams)
+            if (delta := cached()) is not None:  # another worker finished it while we waited
+                return delta, 0.0
             start = time.perf_counter()
             torch.manual_seed(ctx.seed)
             delta = editor.edit(ctx, requests, hparams)
             seconds = time.perf_counter() - start
             if not delta.is_finite():
                 raise EditFailure(f"{editor.name} produced a delta with NaN/Inf values")
-            from editgate.cache import atomic_write
-
-            if ctx.state:
-                atomic_write(state_path, lambda tmp: _save_state(ctx.state, tmp))
-            atomic_write(path, lambda tmp: delta.save(tmp))
-            self.timings.setdefault(f"edit.{editor.name}_s", 0.0)
-            self.timings[f"edit.{editor.name}_s"] += seconds
+            atomic_write(path, lambda tmp: delta.save(tmp, extra=ctx.state))
+            self.timings[f"edit.{editor.name}_s"] = (
+                self.timings.get(f"edit.{editor.name}_s", 0.0) + seconds)
             return delta, seconds
 
     def revert_all(self) -> None:
@@ -215,20 +232,14 @@ class EditgateSession:
         advance = self.progress(f"{state.case.id} · {ability}", len(run.items))
         return cached_evaluate(run, self.runner, state.state_key, advance)
 
+    def results_path(self, ability: str, state_key: str) -> Path:
+        """Where the per-item results of ``ability`` in weight state ``state_key`` are cached."""
+        return cache_path("results", results_key(self.ability_run(ability), self.lm, state_key),
+                          ".json")
+
     def edit_success(self, state: EditedState) -> dict[str, list[ItemResult]]:
         """Efficacy / paraphrase / neighborhood outcomes on the edited model (memoised per state)."""
         if state.state_key not in self._success:
-            self._success[state.state_key] = edit_success(self.runner, state.requests)
+            self._success[state.state_key] = edit_success(self.runner, state.requests,
+                                                          self._locality)
         return self._success[state.state_key]
-
-
-def _save_state(state: dict[str, Any], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(path))
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return dict(load_file(str(path)))
