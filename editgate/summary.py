@@ -1,46 +1,201 @@
-"""The end-of-run summary table: one row per edited case, one column per ability."""
+"""The end-of-run terminal summary: one row per edited case, one column per ability.
+
+Each ability column's header holds the unedited baseline of its first (paper) metric; each cell the
+edited score and its Δ, green when every gate of that ability passed for the case, red with ✗ when
+one failed. Then the edit-success rates, seconds per edit, the edit budgets and one line per failed
+gate — short enough for ``-k memit`` to fit on one screen. The same renderer shows a stored run
+(``python -m editgate.report show``) and the comparison with an earlier run (``--compare-to``).
+"""
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from editgate.edit_success import SUCCESS_METRICS
+from editgate.outcomes import RunOutcomes
+from editgate.report.schema import Case, Comparison, Environment, RunReport
+
+MAX_FAILURE_LINES = 8
+MAX_CHANGE_LINES = 15
+SUCCESS_LABELS = {"efficacy": "effic.", "paraphrase": "parap.", "neighborhood": "neigh."}
 
 
-def _cell(text: str, passed: bool) -> str:
-    return f"[green]{text}[/]" if passed else f"[bold red]{text}[/]"
+def render_summary(outcomes: RunOutcomes, settings: Any, out: IO[str], *, width: int = 120,
+                   color: bool = True) -> None:
+    """The summary of the run in progress (called by the main plugin's terminal summary)."""
+    from editgate.report.collect import build_report, records_from_outcomes
+
+    profile = getattr(settings.profile, "name", settings.profile)
+    env = Environment(model=str(settings.model), profile=str(profile), limit=settings.limit)
+    report = build_report(records_from_outcomes(outcomes), env, run_id="", created="",
+                          read_items=False)
+    render_run(report, out, width=width, color=color)
 
 
-def render_summary(plugin, out: IO[str], *, width: int = 120, color: bool = True) -> None:
-    cases = sorted({key[0] for key in plugin.gates} | {key[0] for key in plugin.success}
-                   | set(plugin.edit_errors))
-    pairs = sorted({(a, m) for (_, a, m) in plugin.gates})
-    table = Table(title="editgate · ability retention after editing", title_justify="left",
-                  caption="cells: baseline → edited (Δ); red = gate failed", caption_justify="left")
-    table.add_column("edit case", style="bold", no_wrap=True)
-    for ability, metric in pairs:
-        table.add_column(f"{ability}\n{metric}", justify="right", no_wrap=True)
-    for metric in SUCCESS_METRICS:
-        table.add_column(metric[:5] + ".", justify="right")
-    table.add_column("edit s", justify="right")
-    for case in cases:
-        row = [case]
-        for ability, metric in pairs:
-            result = plugin.gates.get((case, ability, metric))
-            row.append("" if result is None else _cell(
-                f"{result.baseline:.3f}→{result.edited:.3f} {result.delta:+.3f}",
-                result.passed))
-        for metric in SUCCESS_METRICS:
-            outcome = plugin.success.get((case, metric))
-            row.append("" if outcome is None else _cell(f"{outcome[0]:.2f}", outcome[2]))
-        row.append(f"{plugin.edit_seconds.get(case, 0.0):.1f}")
-        table.add_row(*row)
+def _console(out: IO[str], width: int, color: bool) -> Console:
     # Logs (CI) are not width-limited: let the table take the room it needs there.
-    console = Console(file=out, width=width if color else max(width, 200), force_terminal=color,
-                      no_color=not color)
+    return Console(file=out, width=width if color else max(width, 200), force_terminal=color,
+                   no_color=not color, highlight=False, soft_wrap=False)
+
+
+def _seconds(value: float | None) -> str:
+    return "cached" if value is None else f"{value:.1f}"
+
+
+def _ability_cell(report: RunReport, case: Case, ability: str, primary: str, full: bool) -> str:
+    """Edited score and Δ of the ability's primary metric; red ✗ when any of its gates failed."""
+    gates = [g for g in report.gates if g.case == case.id and g.ability == ability]
+    if case.error:
+        return "[red]edit failed[/]"
+    if not gates:
+        return "[dim]—[/]"
+    shown = next((g for g in gates if g.metric == primary), gates[0])
+    edited, delta = round(shown.edited, 3) + 0.0, round(shown.delta, 3) + 0.0  # no "-0.000"
+    text = f"{edited:.3f} {delta:+.3f}" if full else f"{delta:+.3f}"
+    return f"[green]{text}  [/]" if all(g.passed for g in gates) else f"[bold red]{text} ✗[/]"
+
+
+def _success_cell(report: RunReport, case: Case, metric: str) -> str:
+    rate = next((s for s in report.success if s.case == case.id and s.metric == metric), None)
+    if rate is None:
+        return "[dim]—[/]"
+    return f"[green]{rate.rate:.2f}[/]" if rate.passed else f"[bold red]{rate.rate:.2f}✗[/]"
+
+
+def _seconds_cell(case: Case) -> str:
+    if case.error:
+        return "[red]—[/]"
+    return "[dim]cached[/]" if case.seconds_per_edit is None else f"{case.seconds_per_edit:.1f}"
+
+
+def render_run(report: RunReport, out: IO[str], *, width: int = 120, color: bool = True) -> None:
+    """The summary table, then budgets, seconds per edit and one line per failure.
+
+    Cases are rows and abilities columns while that fits the terminal; with many abilities (the
+    paper's eight and more) the table turns: abilities are rows and cases columns, so one editor's
+    run (``-k memit``) still reads without scrolling. Cells show the edited score and Δ, or only Δ
+    when even that is too wide.
+    """
+    console = _console(out, width, color)
+    env = report.environment
+    pairs = report.ability_metrics()
+    abilities = report.abilities()
+    primary = {a: next(m for ab, m in pairs if ab == a) for a in abilities}
+    baseline = {a: next((g.baseline for g in report.gates if (g.ability, g.metric) == (a, primary[a])),
+                        None) for a in abilities}
+    success_metrics = report.success_metrics()
+    limit = f" · {env.limit} items/ability" if env.limit else ""
+    title = f"editgate · ability retention after editing · {env.model} · {env.profile}{limit}"
+
+    case_width = max([len(c.id) for c in report.cases] + [9])
+    extra = 9 * (len(success_metrics) + 1) + 1  # success-rate and s/edit columns
+    wide = case_width + 3 + extra + sum(max(len(a), len(primary[a]) + 6) + 3 for a in abilities)
+    label_width = max([len(f"{a} · {primary[a]}") for a in abilities] + [14])
+    tall = label_width + 12 + sum(max(len(c.regime) + 5, len(c.editor)) + 3 for c in report.cases)
+    if wide + 14 * len(abilities) <= console.width or (wide <= console.width and wide <= tall):
+        full = wide + 3 * len(abilities) <= console.width  # room for "0.850 -0.012 ✗" cells
+        table = Table()
+        table.add_column("edit case", no_wrap=True, style="bold")
+        for ability in abilities:
+            base = f"{baseline[ability]:.3f}" if baseline[ability] is not None else ""
+            table.add_column(f"{ability}\n[dim]{primary[ability]} {base}[/]", justify="right",
+                             no_wrap=True)
+        for metric in success_metrics:
+            table.add_column(SUCCESS_LABELS.get(metric, metric[:6]), justify="right", no_wrap=True)
+        table.add_column("s/edit", justify="right", no_wrap=True)
+        for case in report.cases:
+            table.add_row(case.id, *[_ability_cell(report, case, a, primary[a], full) for a in abilities],
+                          *[_success_cell(report, case, m) for m in success_metrics], _seconds_cell(case))
+        legend = "header: unedited baseline · cells: edited score and Δ" if full else \
+            "header: unedited baseline · cells: Δ"
+    else:
+        full = tall + 6 * len(report.cases) <= console.width
+        table = Table()
+        table.add_column("ability · metric", no_wrap=True, style="bold")
+        table.add_column("baseline", justify="right", no_wrap=True, style="dim")
+        for case in report.cases:
+            suffix = f"@{case.checkpoint}" if case.id.endswith(f"@{case.checkpoint}") else ""
+            table.add_column(f"{case.editor}\n{case.regime}{suffix}", justify="right", no_wrap=True)
+        for ability in abilities:
+            base = f"{baseline[ability]:.3f}" if baseline[ability] is not None else ""
+            table.add_row(f"{ability} · {primary[ability]}", base,
+                          *[_ability_cell(report, c, ability, primary[ability], full)
+                            for c in report.cases])
+        table.add_section()
+        for metric in success_metrics:
+            table.add_row(metric, "", *[_success_cell(report, c, metric) for c in report.cases])
+        table.add_row("s/edit", "", *[_seconds_cell(c) for c in report.cases])
+        legend = "cells: edited score and Δ vs the baseline" if full else "cells: Δ vs the baseline"
+    # Title and legend are lines of their own: as table title/caption they would wrap to its width.
+    console.print(f"[bold]{title}[/]", soft_wrap=True)
     console.print(table)
-    for case, error in sorted(plugin.edit_errors.items()):
-        console.print(f"[bold red]edit failed[/] {case}: {error}")
+    console.print(f"[dim]{legend} · ✗ a gate of the ability failed (listed below)[/]", soft_wrap=True)
+
+    if report.budgets:
+        text = " · ".join(f"{b.editor} {b.regime} [bold]{b.text}[/]" for b in report.budgets)
+        console.print(f"[bold]edit budget[/] (edits before an ability gate fails): {text}")
+    if report.timings.seconds_per_edit:
+        text = " · ".join(f"{editor} {_seconds(s)}" for editor, s
+                          in report.timings.seconds_per_edit.items())
+        console.print(f"[bold]seconds per edit[/]: {text}")
+    # One line per case with failed gates: which metrics, by how much, against which tolerance.
+    failed: dict[str, list[str]] = {}
+    for gate in report.gates:
+        if not gate.passed:
+            failed.setdefault(gate.case, []).append(
+                f"{gate.ability}.{gate.metric} {gate.delta:+.3f} (τ {gate.tolerance:g})")
+    for case_id, parts in list(failed.items())[:MAX_FAILURE_LINES]:
+        more = f", … {len(parts) - 4} more" if len(parts) > 4 else ""
+        console.print(f"[bold red]✗ {case_id}[/]: {', '.join(parts[:4])}{more}")
+    if len(failed) > MAX_FAILURE_LINES:
+        console.print(f"[red]… and {len(failed) - MAX_FAILURE_LINES} more cases with failed gates "
+                      "(see the HTML report)[/]")
+    for rate in report.success:
+        if not rate.passed:
+            console.print(f"[bold red]✗[/] {rate.case} {rate.metric}: {rate.rate:.2f} < threshold "
+                          f"{rate.threshold:g} over {rate.probes} probes")
+    for case in report.cases:
+        if case.error:
+            console.print(f"[bold red]edit failed[/] {case.id}: {case.error}")
+    bad = [b.ability for b in report.baselines if not b.passed]
+    if bad:
+        console.print(f"[bold red]golden baseline mismatch[/]: {', '.join(bad)}")
+
+
+def render_comparison(comparison: Comparison, out: IO[str], *, width: int = 120,
+                      color: bool = True, fail: bool = False) -> None:
+    """What moved since ``comparison.base_run``: regressions first, then improvements and news."""
+    console = _console(out, width, color)
+    commit = f" @ {comparison.base_commit[:10]}" if comparison.base_commit else ""
+    head = f"[bold]compared with run {comparison.base_run}[/] ({comparison.base_created}{commit})"
+    shown = [c for c in comparison.changes if c.verdict != "moved"]
+    moved = len(comparison.changes) - len(shown)
+    if not comparison.regressions and not comparison.improvements and not shown:
+        console.print(f"{head}: [green]no change[/] ({comparison.unchanged} gates, rates and "
+                      f"budgets identical{f', {moved} moved within tolerance' if moved else ''})")
+        return
+    regressed = len(comparison.regressions)
+    verdict = (f"[bold red]{regressed} regression{'s' * (regressed != 1)}[/]" if regressed
+               else "[green]no regression[/]")
+    console.print(f"{head}: {verdict}, {len(comparison.improvements)} improved, "
+                  f"{moved} moved within tolerance, {comparison.unchanged} identical")
+    style = {"regressed": "bold red", "improved": "green"}
+    for change in shown[:MAX_CHANGE_LINES]:
+        values = ""
+        if change.before is not None or change.after is not None:
+            values = f" {_fmt(change.before)} → {_fmt(change.after)}"
+        note = f"  [dim]{change.note}[/]" if change.note else ""
+        console.print(f"  [{style.get(change.verdict, 'yellow')}]{change.verdict:9}[/] "
+                      f"{change.kind} {change.key}{values}{note}", overflow="fold")
+    if len(shown) > MAX_CHANGE_LINES:
+        console.print(f"  … and {len(shown) - MAX_CHANGE_LINES} more (see the HTML report)")
+    if regressed and fail:
+        console.print("[bold red]--fail-on-regression: the session fails[/]")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:+.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return "—" if value is None else str(value)

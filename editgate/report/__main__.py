@@ -1,0 +1,3 @@
+from editgate.report.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""pytest plugin: write the run's JSON and HTML reports, append it to the history, compare runs.
+
+Enabled next to :mod:`editgate.plugin` (the project's root ``conftest.py`` lists it; elsewhere use
+``-p editgate.report.plugin``). It gathers the outcome records that gate tests attach to their
+reports — in the controller process, so it works the same under pytest-xdist — and at the end of
+the session (controller only) writes::
+
+    reports/runs/<run id>.json     the run in the versioned editgate.run schema
+    reports/runs/<run id>.html     the self-contained HTML report
+    reports/latest.json|html       copies of the newest run (stable paths for CI artifacts)
+    reports/history.sqlite         one row per run (see editgate.report.history)
+
+A session without gate records (e.g. ``pytest tests``) writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import secrets
+import shutil
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from editgate.outcomes import PROPERTY
+from editgate.report.schema import Comparison, RunReport, Tally, Timings
+
+PLUGIN_NAME = "editgate-report"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("editgate-report", "editgate: reports and regression tracking")
+    group.addoption("--report-dir", help="where run reports and the history go "
+                    "(default: ini editgate_report_dir, 'reports' in the rootdir)")
+    group.addoption("--no-report", action="store_true",
+                    help="write no JSON/HTML report and no history entry")
+    group.addoption("--compare-to", metavar="last|RUN_ID|FILE.json",
+                    help="compare this run with the last comparable run in the history (same "
+                         "model, profile, item limit), a stored run id (prefix), or a run JSON file")
+    group.addoption("--fail-on-regression", action="store_true",
+                    help="fail the session when the comparison finds a regression "
+                         "(implies --compare-to last)")
+    group.addoption("--regression-tolerance", type=float, metavar="X",
+                    help="Δ drop between runs tolerated before a gate counts as regressed "
+                         "(default: the gate's own tolerance; 0.1 for edit-success rates)")
+    parser.addini("editgate_report_dir", "folder of run reports and the history (relative to "
+                  "rootdir)", default="reports")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id(moment: datetime | None = None) -> str:
+    """Sortable by time, unique across concurrent runs: ``20250112T101530Z-3fa2c1``."""
+    return f"{(moment or _now()).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def latest_benchmarks(folder: Path) -> list[dict[str, Any]]:
+    """The newest pytest-benchmark result file under ``folder`` (``make bench`` saves there)."""
+    files = sorted(folder.glob("**/*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    for path in reversed(files):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return [{"name": b["name"], "mean": float(b["stats"]["mean"]),
+                     "stddev": float(b["stats"]["stddev"]), "rounds": int(b["stats"]["rounds"]),
+                     "file": str(path)} for b in data.get("benchmarks", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return []
+
+
+class ReportPlugin:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = _now()
+        self.clock = time.perf_counter()
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.durations: dict[str, float] = defaultdict(float)
+        self.tally = Tally()
+        self.report: RunReport | None = None
+        self.paths: dict[str, Path] = {}
+        self.notes: list[str] = []
+        self.regressed = False
+
+    # ---------------------------------------------------------------- options
+
+    def report_dir(self) -> Path:
+        value = self.config.getoption("--report-dir")
+        if value:
+            return Path(value).expanduser().resolve()
+        return Path(self.config.rootpath) / self.config.getini("editgate_report_dir")
+
+    def compare_target(self) -> str | None:
+        target = self.config.getoption("--compare-to")
+        if target is None and self.config.getoption("--fail-on-regression"):
+            return "last"
+        return target
+
+    def check_options(self) -> None:
+        """A named run that does not exist is a usage error now, not a surprise after the run."""
+        target = self.compare_target()
+        if target in (None, "last"):
+            return
+        if target.endswith(".json"):
+            if not Path(target).is_file():
+                raise pytest.UsageError(f"--compare-to {target}: no such file")
+            return
+        from editgate.report.history import HISTORY_FILE, History
+
+        try:
+            History(self.report_dir() / HISTORY_FILE).load(target)
+        except KeyError as exc:
+            raise pytest.UsageError(f"--compare-to: {exc.args[0]}") from None
+
+    # ---------------------------------------------------------------- collection of outcomes
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.durations[report.nodeid] += report.duration
+        if report.when == "call":
+            if report.passed:
+                self.tally.passed += 1
+            elif report.failed:
+                self.tally.failed += 1
+            else:
+                self.tally.skipped += 1
+            for name, value in report.user_properties:
+                if name == PROPERTY and isinstance(value, dict):
+                    self.records.append((report.nodeid, value))
+        elif report.skipped:
+            self.tally.skipped += 1
+        elif report.failed:
+            self.tally.errors += 1
+
+    # ---------------------------------------------------------------- end of session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(self.config, "workerinput") or not self.records:
+            return
+        if self.config.getoption("--no-report"):
+            return
+        try:
+            self.report = self.build(int(exitstatus))
+            self.compare(self.report)
+            self.write(self.report)
+        except Exception as exc:  # a report problem must never hide or change the test results
+            self.notes.append(f"[red]report not written: {type(exc).__name__}: {exc}[/]")
+            return
+        if self.regressed and self.config.getoption("--fail-on-regression") \
+                and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def build(self, exitstatus: int) -> RunReport:
+        from editgate.plugin import get_plugin
+        from editgate.report.collect import build_report
+        from editgate.report.environment import capture
+
+        main = get_plugin(self.config)
+        main.setup()  # resolves options only: never loads a model
+        session = getattr(main, "_session", None)  # the model session, if this process had one
+        lm = getattr(session, "_lm", None)
+        records = [record for _, record in self.records]
+        fingerprint = next((r["model_fingerprint"] for r in records if r.get("model_fingerprint")),
+                           getattr(lm, "fingerprint", None))
+        abilities = list(dict.fromkeys(r["ability"] for r in records if "ability" in r))
+        editors = list(dict.fromkeys([r["case"]["editor"] for r in records if "case" in r]))
+        workers = getattr(self.config.option, "numprocesses", 0)
+        env = capture(main.settings, rootdir=Path(self.config.rootpath), editors=editors,
+                      abilities=abilities, model_fingerprint=fingerprint,
+                      tolerances_file=getattr(main.tolerances, "source", None),
+                      command=["pytest", *self.config.invocation_params.args],
+                      xdist_workers=workers if isinstance(workers, int) else 0,
+                      device=str(lm.device) if lm is not None else None)
+        by_case: dict[str, float] = defaultdict(float)
+        case_of = {nodeid: r.get("case", {}).get("id", "baseline") for nodeid, r in self.records}
+        for nodeid, seconds in self.durations.items():
+            if nodeid in case_of:
+                by_case[case_of[nodeid]] += seconds
+        timings = Timings(
+            session_seconds=round(time.perf_counter() - self.clock, 3),
+            tests_seconds=round(sum(self.durations.values()), 3),
+            by_case={k: round(v, 3) for k, v in by_case.items()},
+            process={k: round(v, 3) for k, v in (getattr(session, "timings", None) or {}).items()
+                     if isinstance(v, int | float) and math.isfinite(v)},
+            benchmarks=latest_benchmarks(self.report_dir() / "benchmarks"))
+        report = build_report(records, env, run_id=new_run_id(self.started),
+                              created=self.started.isoformat(timespec="seconds"), timings=timings,
+                              tests=self.tally)
+        report.finished = _now().isoformat(timespec="seconds")
+        report.exit_status = exitstatus
+        return report
+
+    def compare(self, report: RunReport) -> None:
+        from editgate.report.compare import compare
+        from editgate.report.history import HISTORY_FILE, History
+        from editgate.report.schema import load_run
+
+        target = self.compare_target()
+        if target is None:
+            return
+        history = History(self.report_dir() / HISTORY_FILE)
+        if target == "last":
+            base = history.last(like=report)
+            if base is None:
+                self.notes.append("--compare-to last: no earlier run of this model, profile and "
+                                  "item limit in the history; nothing to compare")
+                return
+        elif target.endswith(".json"):
+            base = load_run(target)
+        else:
+            base = history.load(target)
+        report.comparison = compare(report, base, self.config.getoption("--regression-tolerance"))
+        self.regressed = bool(report.comparison.regressions)
+
+    def write(self, report: RunReport) -> None:
+        from editgate.cache import atomic_write_text
+        from editgate.report.history import HISTORY_FILE, History
+        from editgate.report.html import render_html
+        from editgate.report.schema import save_run
+
+        folder = self.report_dir()
+        runs = folder / "runs"
+        json_path = save_run(report, runs / f"{report.run_id}.json")
+        html_path = runs / f"{report.run_id}.html"
+        atomic_write_text(html_path, render_html(report))
+        for path in (json_path, html_path):
+            path.chmod(0o644)  # written through a private temp file: make them readable like any output
+        for source, name in ((json_path, "latest.json"), (html_path, "latest.html")):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(source, folder / name)
+        History(folder / HISTORY_FILE).append(report, json_path)
+        self.paths = {"json": json_path, "html": html_path, "history": folder / HISTORY_FILE}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.paths and not self.notes:
+            return
+        from rich.console import Console
+
+        from editgate.summary import render_comparison
+
+        color = terminalreporter.hasmarkup
+        width = terminalreporter._tw.fullwidth
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=max(width, 200) if not color else width,
+                          force_terminal=color, no_color=not color, highlight=False)
+        if self.report is not None and self.report.comparison is not None:
+            render_comparison(self.report.comparison, buffer, width=width, color=color,
+                              fail=bool(self.config.getoption("--fail-on-regression")))
+        for note in self.notes:
+            console.print(note)
+        if self.paths:
+            console.print(f"[bold]report[/] {self._rel(self.paths['html'])} · json "
+                          f"{self._rel(self.paths['json'])} · history {self._rel(self.paths['history'])}"
+                          f" (run {self.report.run_id if self.report else '?'})", soft_wrap=True)
+        terminalreporter.write(buffer.getvalue())
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.has_plugin(PLUGIN_NAME) or config.option.help:
+        return
+    plugin = ReportPlugin(config)
+    if not hasattr(config, "workerinput"):
+        plugin.check_options()
+    config.pluginmanager.register(plugin, PLUGIN_NAME)
+
+
+def comparison_of(config: pytest.Config) -> Comparison | None:
+    plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
+    report = getattr(plugin, "report", None)
+    return report.comparison if report is not None else None
