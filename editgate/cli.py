@@ -4,6 +4,7 @@
     editgate cache info             disk use per cache kind
     editgate cache clean [KIND...]  delete the cache (or some kinds of it)
     editgate gate [PYTEST ARGS]     run the gate suite (same as `pytest ability_tests ...`)
+    editgate power [OPTIONS]        detection-power study of the gate (see editgate.power)
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache.add_argument("kinds", nargs="*", help="cache kinds to clean (default: all)")
     gate = sub.add_parser("gate", help="run the gate suite; other arguments go to pytest")
     gate.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    power = sub.add_parser("power", help="detection power of the gate (editgate power --help)",
+                           add_help=False)
+    power.add_argument("power_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -92,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(console)
         if args.command == "cache":
             return cmd_cache(console, args.action, args.kinds)
+        if args.command == "power":
+            from editgate.power import main as power_main
+
+            return power_main(args.power_args)
         return cmd_gate(args.pytest_args)
     except EditgateError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
