@@ -165,32 +165,34 @@ def markdown(rows: Sequence[PowerRow], sizes: Sequence[int], model: str, trials:
     false_alarm = max((r.rate for r in rows if r.scale == 0), default=0.0)
     scales = sorted({r.scale for r in rows if r.scale > 0})
 
-    def fmt(value: float | None, unit_points: bool) -> str:
+    def fmt(value: float | None, points: bool) -> str:
         if value is None:
             return "—"
-        return f"{100 * value:.1f}" if unit_points else f"{value:.3f}"
+        return f"{100 * value:.0f}" if points else f"{value:.2f}"
 
-    lines = [f"Model `{model}`, pool of {pool} items per ability, {trials} trials per cell, "
-             f"damage scales {', '.join(f'{s:g}' for s in scales)}. Cell: smallest damage "
-             f"detected in ≥ {reliable:.0%} of trials (configured tolerance / paired test alone); "
-             "damage = pool drop of the ability's headline metric (points for fractions, nats "
-             "otherwise); — = not detected at the largest damage tried.", "",
-             "| ability | damage axis | gated metric | max damage tried | "
+    lines = [f"Model `{model}`, {pool} items scored per damage scale s = "
+             f"{', '.join(f'{s:g}' for s in scales)}; {trials} draws per cell. Damage = pool drop "
+             "of the ability's headline metric (accuracy points, or nats for log-prob metrics). "
+             f"Cell: the smallest damage caught in ≥ {reliable:.0%} of draws at that damage and "
+             "every larger one tried, with the configured tolerance / with the paired test alone; "
+             "— : not caught reliably at any damage tried.", "",
+             "| ability (headline) | damage at each s | gated on | "
              + " | ".join(f"n={n}" for n in sizes) + " |",
-             "|---|---|---|---|" + "---|" * len(sizes)]
+             "|---|---|---|" + "---|" * len(sizes)]
     seen: set[tuple[str, str]] = set()
     for row in rows:
         if (row.ability, row.metric) in seen:
             continue
         seen.add((row.ability, row.metric))
-        fraction_axis = next(r for r in rows if r.ability == row.ability and
-                             r.metric == row.axis_metric).kind == "paper"
-        top = max(r.drop for r in rows if r.ability == row.ability)
-        cells = [f"{fmt(configured[(row.ability, row.metric, n)], fraction_axis)} / "
-                 f"{fmt(test_only[(row.ability, row.metric, n)], fraction_axis)}" for n in sizes]
-        lines.append(f"| {row.ability} | {row.axis_metric} | {row.metric} ({row.kind}) | "
-                     f"{fmt(top, fraction_axis)} | " + " | ".join(cells) + " |")
-    lines += ["", f"False alarms of `noop` (scale 0, identical weights): {false_alarm:.0%} of trials."]
+        ability_rows = [r for r in rows if r.ability == row.ability]
+        points = next(r for r in ability_rows if r.metric == row.axis_metric).kind == "paper"
+        drops = {r.scale: r.drop for r in ability_rows if r.scale > 0}
+        damage = " / ".join(fmt(drops[s], points) for s in scales)
+        cells = [f"{fmt(configured[(row.ability, row.metric, n)], points)} / "
+                 f"{fmt(test_only[(row.ability, row.metric, n)], points)}" for n in sizes]
+        lines.append(f"| {row.ability} ({row.axis_metric}) | {damage} | {row.metric} "
+                     f"({row.kind}) | " + " | ".join(cells) + " |")
+    lines += ["", f"False alarms of `noop` (s = 0, identical weights): {false_alarm:.0%} of draws."]
     return "\n".join(lines) + "\n"
 
 
@@ -207,8 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/power", help="writes OUT.json and OUT.md")
+    parser.add_argument("--render", metavar="JSON", help="only re-render the table of a saved study")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        rows = [PowerRow(**row) for row in saved["rows"]]
+        sizes = sorted({row.size for row in rows})
+        print(markdown(rows, sizes, saved["model"], saved["trials"], saved["pool"]), end="")
+        return 0
     root = Path(__file__).resolve().parent.parent
     scales = [float(s) for s in args.scales.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
