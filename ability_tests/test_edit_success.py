@@ -3,6 +3,8 @@
 Without these, an editor that changes nothing would pass every ability gate.
 """
 
+import pytest
+
 from editgate.edit_success import success_rate
 
 
@@ -14,6 +16,6 @@ def test_edit_success(edited, success_metric, editgate, recorder):
     rate = success_rate(outcomes)
     failed = [o.item_id for o in outcomes if o.metrics["success"] < 1]
     recorder.success(edited, success_metric, rate, threshold, failed, len(outcomes))
-    assert rate >= threshold, (
-        f"{edited.case.id}: {success_metric} {rate:.3f} < threshold {threshold:g} "
-        f"over {len(outcomes)} probes; failed: {failed[:10]}")
+    if rate < threshold:
+        pytest.fail(f"{edited.case.id}: {success_metric} {rate:.3f} < threshold {threshold:g} "
+                    f"over {len(outcomes)} probes; failed: {failed[:10]}", pytrace=False)

@@ -4,6 +4,8 @@ One test per (editor, regime, checkpoint) × (ability, metric): the paired per-i
 95% bootstrap CI against the tolerance in ability_tests/tolerances.toml.
 """
 
+import pytest
+
 from editgate.gate import paired_gate
 
 
@@ -15,4 +17,5 @@ def test_ability(edited, ability_metric, editgate, recorder):
     result = paired_gate(ability, metric, baseline, after,
                          editgate.tolerances.tolerance(ability, metric))
     recorder.gate(edited, result, editgate.session)
-    assert result.passed, result.explain()
+    if not result.passed:  # the gate's own message says it all: no assertion traceback
+        pytest.fail(result.explain(), pytrace=False)
