@@ -201,6 +201,15 @@ def argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])
 
 
+def choice_result(item_id: str, values: Sequence[float], gold: int,
+                  names: Sequence[str] | None = None) -> ItemResult:
+    """The result of a pick-one-choice item: accuracy of the argmax and the gold margin."""
+    predicted = argmax(values)
+    name = (lambda i: names[i]) if names is not None else str
+    return ItemResult(item_id, name(predicted), name(gold),
+                      {"accuracy": float(predicted == gold), "margin": margin(values, gold)})
+
+
 class Classification(Ability):
     """Pick one of ``labels`` by log-likelihood after the prompt: accuracy and the gold margin.
 
@@ -248,9 +257,7 @@ class Classification(Ability):
     def score(self, item: Item, outputs: Mapping[str, Output],
               style: PromptStyle | None = None) -> ItemResult:
         values = calibrated(outputs["label"], outputs.get("content_free"))
-        gold, predicted = self.gold(item), argmax(values)
-        return ItemResult(item.id, self.labels[predicted], self.labels[gold], {
-            "accuracy": float(predicted == gold), "margin": margin(values, gold)})
+        return choice_result(item.id, values, self.gold(item), self.labels)
 
 
 def mean_logprob(scores: ChoiceScores, index: int = 0) -> float:

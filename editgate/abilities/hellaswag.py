@@ -17,8 +17,7 @@ from editgate.abilities.base import (
     Output,
     PromptStyle,
     Request,
-    argmax,
-    margin,
+    choice_result,
 )
 from editgate.data import DatasetSpec, Field, Record
 from editgate.models import LoadedModel
@@ -54,6 +53,4 @@ class HellaSwag(Ability):
               style: PromptStyle | None = None) -> ItemResult:
         scores = outputs["endings"]
         values = [lp / len(clean(e)) for lp, e in zip(scores.logprobs, item["endings"])]
-        gold, predicted = int(item["label"]), argmax(values)
-        return ItemResult(item.id, str(predicted), str(gold),
-                          {"accuracy": float(predicted == gold), "margin": margin(values, gold)})
+        return choice_result(item.id, values, int(item["label"]))

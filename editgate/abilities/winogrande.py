@@ -16,8 +16,7 @@ from editgate.abilities.base import (
     Output,
     PromptStyle,
     Request,
-    argmax,
-    margin,
+    choice_result,
 )
 from editgate.data import DatasetSpec, Field
 from editgate.models import LoadedModel
@@ -44,6 +43,4 @@ class WinoGrande(Ability):
     def score(self, item: Item, outputs: Mapping[str, Output],
               style: PromptStyle | None = None) -> ItemResult:
         values = [outputs[f"option{n}"].logprobs[0] for n in range(len(item["context_options"]))]
-        gold, predicted = int(item["gold"]), argmax(values)
-        return ItemResult(item.id, str(predicted), str(gold),
-                          {"accuracy": float(predicted == gold), "margin": margin(values, gold)})
+        return choice_result(item.id, values, int(item["gold"]))
