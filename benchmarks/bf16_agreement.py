@@ -1,12 +1,13 @@
 """Should evaluation run in bfloat16? Per-item agreement with float32 and the gate's verdict.
 
-    python benchmarks/bf16_agreement.py --profile quick
+    python benchmarks/bf16_agreement.py --profile quick [--variant autocast|weights]
 
-Scores every ability twice on the same items and prompts — float32 and bfloat16 weights — and
-prints, per ability: the time of each, the share of items whose prediction is unchanged, the
-largest per-item change of every metric, and the paired gate run as if bf16 were an edit of the
-fp32 model (with the tolerances of ability_tests/tolerances.toml). bf16 is safe as a default only
-if no gate would fire on it and no above-chance verdict flips.
+Scores every ability twice on the same items and prompts — float32, then bfloat16 (``autocast``:
+the runner's bf16 evaluation of float32 weights, editgate's default; ``weights``: the model
+loaded in bfloat16) — and prints, per ability: the time of each, the share of items whose
+prediction is unchanged, the largest per-item change of every metric, and the paired gate run as
+if bf16 were an edit of the fp32 model (with the tolerances of ability_tests/tolerances.toml).
+bf16 is safe as a default only if no gate would fire on it and no above-chance verdict flips.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--abilities", default=",".join(ABILITIES.names()))
+    parser.add_argument("--variant", choices=("autocast", "weights"), default="autocast")
     args = parser.parse_args()
     tolerances = Tolerances.load(ROOT / "ability_tests" / "tolerances.toml")
-    runners = {dtype: AbilityRunner(load_model(dtype=dtype)) for dtype in ("float32", "bfloat16")}
+    fp32 = load_model(dtype="float32")
+    runners = {"float32": AbilityRunner(fp32, eval_dtype="float32"),
+               "bfloat16": (AbilityRunner(fp32, eval_dtype="bfloat16") if args.variant == "autocast"
+                            else AbilityRunner(load_model(dtype="bfloat16")))}
     print("| ability | metric | fp32 | bf16 | agree | max abs diff | gate (bf16 as edit) | "
           "fp32 s | bf16 s |\n|---|---|---|---|---|---|---|---|---|")
     for name in args.abilities.split(","):

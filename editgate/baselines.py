@@ -1,6 +1,8 @@
-"""Golden baselines: the unedited model's aggregate scores, committed per model and profile.
+"""Golden baselines: the unedited model's aggregate scores, committed per model, profile and
+precision.
 
-``ability_tests/baselines/<model>/<profile>.json`` is human-readable and diffed in review, like
+``ability_tests/baselines/<model>/<profile>-<precision>.json`` (precision: the dtype the scoring
+forwards run in, e.g. ``quick-bfloat16.json``) is human-readable and diffed in review, like
 pytest-regressions' golden files. Every run checks the unedited model against it;
 ``--update-baselines`` rewrites the entries of the abilities that ran.
 """
@@ -18,9 +20,14 @@ from editgate.gate import aggregate, aggregate_ci
 MATCH_TOLERANCE = 1e-3
 
 
-def golden_path(root: Path, model: str, profile: str) -> Path:
+def precision(settings) -> str:
+    """The dtype scores are computed in: the eval dtype over float32 weights, else the weights'."""
+    return settings.eval_dtype if settings.dtype == "float32" else settings.dtype
+
+
+def golden_path(root: Path, model: str, profile: str, precision: str) -> Path:
     safe = model.replace("/", "__")
-    return root / "ability_tests" / "baselines" / safe / f"{profile}.json"
+    return root / "ability_tests" / "baselines" / safe / f"{profile}-{precision}.json"
 
 
 def summarize(plugin, ability: str) -> dict[str, Any]:
@@ -47,13 +54,15 @@ def summarize(plugin, ability: str) -> dict[str, Any]:
 def check_or_update(plugin, ability: str) -> list[str]:
     """Compare ``ability``'s baseline with the golden file; returns the mismatches (or updates)."""
     settings = plugin.settings
-    path = golden_path(Path(plugin.config.rootpath), settings.model, settings.profile.name)
+    path = golden_path(Path(plugin.config.rootpath), settings.model, settings.profile.name,
+                       precision(settings))
     current = summarize(plugin, ability)
     if plugin.update_baselines:
         # The lock lives in the cache, not beside the committed file.
         with file_lock(cache_root() / "locks" / cache_key(golden=str(path.resolve()))):
             golden = json.loads(path.read_text()) if path.exists() else {}
-            golden.update({"model": settings.model, "profile": settings.profile.name})
+            golden.update({"model": settings.model, "profile": settings.profile.name,
+                           "precision": precision(settings)})
             golden.setdefault("abilities", {})[ability] = current
             golden["abilities"] = dict(sorted(golden["abilities"].items()))
             atomic_write_text(path, json.dumps(golden, indent=2) + "\n")

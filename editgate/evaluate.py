@@ -19,7 +19,6 @@ from editgate.abilities.base import Ability, Item, ItemResult, PromptStyle, Requ
 from editgate.cache import cache_key, cache_path, json_cache
 from editgate.data import load_dataset
 from editgate.errors import ConfigError
-from editgate.models import LoadedModel
 from editgate.registry import ABILITIES
 from editgate.runner import RUNNER_VERSION, AbilityRunner, Choices, Distributions, Generate
 
@@ -104,7 +103,8 @@ def evaluate(run: AbilityRun, runner: AbilityRunner, progress: Callable[[int], N
              state: str = "base") -> list[ItemResult]:
     """Per-item results of ``run`` on the runner's model in its current weight state ``state``
     ('base' for the unedited weights, else the delta chain's key)."""
-    return run.ability.evaluate(run, runner, state, progress)
+    with runner.precision():
+        return run.ability.evaluate(run, runner, state, progress)
 
 
 def run_requests(run: AbilityRun, runner: AbilityRunner,
@@ -127,14 +127,15 @@ def run_requests(run: AbilityRun, runner: AbilityRunner,
     return [run.ability.score(item, out, run.style) for item, out in zip(run.items, outputs)]
 
 
-def results_key(run: AbilityRun, lm: LoadedModel, state: str) -> str:
-    """Cache key of ``run``'s results on ``lm`` in weight state ``state`` ('base' or a delta chain)."""
-    return cache_key(run=run.key(), model=lm.fingerprint, state=state)
+def results_key(run: AbilityRun, runner: AbilityRunner, state: str) -> str:
+    """Cache key of ``run``'s results on the runner's model and precision in weight state
+    ``state`` ('base' or a delta chain)."""
+    return cache_key(run=run.key(), model=runner.fingerprint, state=state)
 
 
 def cached_evaluate(run: AbilityRun, runner: AbilityRunner, state: str,
                     progress: Callable[[int], None] | None = None) -> list[ItemResult]:
     """:func:`evaluate`, memoised on disk by (run key, model fingerprint, weight state)."""
-    path = cache_path("results", results_key(run, runner.lm, state), ".json")
+    path = cache_path("results", results_key(run, runner, state), ".json")
     raw = json_cache(path, lambda: [r.to_json() for r in evaluate(run, runner, progress, state)])
     return [ItemResult.from_json(r) for r in raw]

@@ -43,7 +43,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--model", help="registered name, local directory or hub id "
                     "(default: ini editgate_model or smollm2-135m)")
     group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    group.addoption("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    group.addoption("--dtype", default="float32", help="weights (and edits): float32 | bfloat16 | "
+                    "float16")
+    group.addoption("--eval-dtype", help="precision of the scoring forwards, autocast over "
+                    "float32 weights: bfloat16 (default) | float32 | float16")
     group.addoption("--data-dir", help="task data folder (default: ini editgate_data_dir, "
                     "$EDITGATE_DATA_DIR, ../shared/data)")
     group.addoption("--profile", default=None, help="quick | standard | paper (default quick)")
@@ -147,6 +150,7 @@ class EditgatePlugin:
         from editgate.data import resolve_data_dir
         from editgate.evaluate import get_profile
         from editgate.registry import ABILITIES, EDITORS
+        from editgate.runner import DEFAULT_EVAL_DTYPE
         from editgate.session import Settings
 
         config = self.config
@@ -157,6 +161,7 @@ class EditgatePlugin:
         self.settings = Settings(
             model=opt("--model") or config.getini("editgate_model"), data_dir=data_dir,
             profile=profile, device=worker_device(opt("--device")), dtype=opt("--dtype"),
+            eval_dtype=opt("--eval-dtype") or DEFAULT_EVAL_DTYPE,
             limit=opt("--limit"),
             edit_source=opt("--edit-source"), seed=opt("--seed"),
             edits_file=Path(opt("--edits-file")).resolve() if opt("--edits-file") else None,
@@ -192,13 +197,16 @@ class EditgatePlugin:
         an hour of editing. Data files are parsed and validated here (a second or two)."""
         from editgate.editors.base import check_overrides
         from editgate.errors import ConfigError
-        from editgate.models import validate_model_spec
+        from editgate.models import DTYPES, validate_model_spec
         from editgate.registry import EDITORS
 
         settings = self.settings
         if settings.limit is not None and settings.limit < 1:
             raise ConfigError(f"--limit {settings.limit}: must be at least 1")
         validate_model_spec(settings.model, settings.device, settings.dtype)
+        if settings.eval_dtype not in DTYPES:
+            raise ConfigError(f"unknown --eval-dtype {settings.eval_dtype!r}; choose one of "
+                              f"{', '.join(sorted(DTYPES))}")
         for editor, overrides in settings.hparam_overrides.items():
             check_overrides(EDITORS.get(editor), overrides)
         for ability in self.abilities:

@@ -40,9 +40,9 @@ from editgate.data import resolve_data_dir
 from editgate.delta import WeightDelta
 from editgate.evaluate import AbilityRun, cached_evaluate, get_profile, prepare
 from editgate.gate import Tolerances, bootstrap_ci, is_micro_f1
-from editgate.models import LoadedModel, load_model
+from editgate.models import DTYPES, LoadedModel, load_model
 from editgate.registry import ABILITIES
-from editgate.runner import AbilityRunner
+from editgate.runner import DEFAULT_EVAL_DTYPE, AbilityRunner
 
 DEFAULT_SCALES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 DEFAULT_SIZES = (25, 50, 100, 200)
@@ -103,8 +103,9 @@ def _values(results: Sequence[ItemResult], metric: str) -> np.ndarray:
 
 def study(lm: LoadedModel, runs: Sequence[AbilityRun], tolerances: Tolerances,
           scales: Sequence[float], sizes: Sequence[int], trials: int, seed: int = 0,
-          progress: Callable[[str], None] = lambda message: None) -> list[PowerRow]:
-    runner = AbilityRunner(lm)
+          progress: Callable[[str], None] = lambda message: None,
+          eval_dtype: str = "float32") -> list[PowerRow]:
+    runner = AbilityRunner(lm, eval_dtype=eval_dtype)
     scored: dict[float, dict[str, list[ItemResult]]] = {}
     for scale in sorted(set(scales) | {0.0}):
         delta = noise_delta(lm, scale, seed)
@@ -208,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=200, help="items scored per damage level")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-dtype", default=DEFAULT_EVAL_DTYPE, choices=sorted(DTYPES),
+                        help="precision of the scoring forwards, as in the gate")
     parser.add_argument("--out", default="reports/power", help="writes OUT.json and OUT.md")
     parser.add_argument("--render", metavar="JSON", help="only re-render the table of a saved study")
     args = parser.parse_args(argv)
@@ -231,12 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tolerances = Tolerances.load(root / "ability_tests" / "tolerances.toml")
     with console.status("scoring damaged models") as status:
         rows = study(lm, runs, tolerances, scales, sizes, args.trials, args.seed,
-                     progress=lambda message: status.update(f"scoring · {message}"))
+                     progress=lambda message: status.update(f"scoring · {message}"),
+                     eval_dtype=args.eval_dtype)
     table = markdown(rows, sizes, args.model, args.trials, args.pool)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
-        {"model": args.model, "pool": args.pool, "trials": args.trials, "seed": args.seed,
+        {"model": args.model, "eval_dtype": args.eval_dtype, "pool": args.pool,
+         "trials": args.trials, "seed": args.seed,
          "rows": [asdict(r) for r in rows]}, indent=1))
     atomic_write_text(out.with_suffix(".md"), table)
     console.print(table, markup=False, highlight=False)

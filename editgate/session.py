@@ -31,7 +31,7 @@ from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare, res
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
 from editgate.regimes import EditCase
 from editgate.registry import EDITORS
-from editgate.runner import AbilityRunner
+from editgate.runner import DEFAULT_EVAL_DTYPE, AbilityRunner
 
 Progress = Callable[[str, int], Callable[[float], None]]  # (description, total) → advance(n)
 
@@ -42,7 +42,8 @@ class Settings:
     data_dir: Path
     profile: Profile
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "float32"  # weights, and the edits applied to them
+    eval_dtype: str = DEFAULT_EVAL_DTYPE  # scoring forwards (autocast when below `dtype`)
     limit: int | None = None
     edit_source: str = "counterfact"
     edits_file: Path | None = None  # user-supplied requests instead of edit_source
@@ -95,7 +96,7 @@ class EditgateSession:
     @property
     def runner(self) -> AbilityRunner:
         if self._runner is None:
-            self._runner = AbilityRunner(self.lm)
+            self._runner = AbilityRunner(self.lm, eval_dtype=self.settings.eval_dtype)
         return self._runner
 
     def ability_run(self, name: str) -> AbilityRun:
@@ -234,7 +235,7 @@ class EditgateSession:
 
     def results_path(self, ability: str, state_key: str) -> Path:
         """Where the per-item results of ``ability`` in weight state ``state_key`` are cached."""
-        return cache_path("results", results_key(self.ability_run(ability), self.lm, state_key),
+        return cache_path("results", results_key(self.ability_run(ability), self.runner, state_key),
                           ".json")
 
     def edit_success(self, state: EditedState) -> dict[str, list[ItemResult]]:

@@ -61,6 +61,8 @@ class ReferenceRunner:
     def __init__(self, runner: AbilityRunner) -> None:
         self.runner = runner
         self.lm = runner.lm
+        self.fingerprint = runner.fingerprint
+        self.precision = runner.precision  # the reference scores in the runner's precision
 
     def loglikelihood(self, requests, progress=None) -> list[ChoiceScores]:
         out = []

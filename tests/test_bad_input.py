@@ -191,6 +191,7 @@ BAD_OPTIONS = [
     (["--hparam", "rome.nope=1"], "unknown hyper-parameter"),
     (["--hparam", "rome.layer='x'"], "expected int, got str"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--eval-dtype", "fp8"], "unknown --eval-dtype 'fp8'"),
     (["--device", "gpu7"], "unknown device 'gpu7'"),
     (["--model", "/"], "is not a transformers model directory"),
     (["--model", "./no/such/model"], "unknown model"),

@@ -68,3 +68,43 @@ def test_sentiment_items_match_reference_on_smollm2(smollm2, data_dir):
     for req, scores in zip(requests, runner.loglikelihood(requests)):
         reference = [lp for lp, _ in reference_loglikelihood(runner, req)]
         assert scores.logprobs == pytest.approx(reference, abs=1e-3)
+
+
+def test_bf16_evaluation_keeps_float32_weights_and_head(tiny):
+    """bf16 autocast changes the matmuls only: weights untouched, log-probs close to float32,
+    a different results-cache fingerprint, and nothing left autocast after the evaluation."""
+    import torch
+
+    exact, mixed = AbilityRunner(tiny), AbilityRunner(tiny, eval_dtype="bfloat16")
+    assert (exact.eval_dtype, mixed.eval_dtype) == ("float32", "bfloat16")
+    assert exact.fingerprint == tiny.fingerprint != mixed.fingerprint
+    requests = [Choices("The capital of France is", (" Paris", " Lyon")),
+                Choices("Review: a charming journey. Sentiment:", (" positive", " negative"))]
+    before = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
+    with mixed.precision():
+        assert torch.is_autocast_enabled("cpu")
+        hidden = torch.randn(2, tiny.config.hidden_size)
+        assert mixed.logits(hidden).dtype == torch.float32  # the head runs in float32
+        approx = mixed.loglikelihood(requests)
+    assert not torch.is_autocast_enabled("cpu")
+    for got, want in zip(approx, exact.loglikelihood(requests)):
+        assert got.logprobs == pytest.approx(want.logprobs, abs=0.05)
+    for name, param in tiny.model.named_parameters():
+        assert param.dtype == torch.float32 and torch.equal(param, before[name])
+
+
+def test_bf16_weights_need_no_autocast():
+    import torch
+
+    from editgate.testing import tiny_model
+
+    lm = tiny_model("llama")  # its own copy: the session's tiny models stay float32
+    lm.model.to(torch.bfloat16)
+    runner = AbilityRunner(lm, eval_dtype="bfloat16")
+    assert runner.autocast_dtype is None and runner.eval_dtype == "bfloat16"
+    assert runner.fingerprint == lm.fingerprint
+
+
+def test_unknown_eval_dtype_is_an_error(tiny):
+    with pytest.raises(ValueError, match="unknown eval dtype 'fp8'"):
+        AbilityRunner(tiny, eval_dtype="fp8")

@@ -60,7 +60,7 @@ class KLDrift(Ability):
 
     def evaluate(self, run: Any, runner: Any, state: str,
                  progress: Callable[[int], None] | None = None) -> list[ItemResult]:
-        path = cache_path("kl-base", cache_key(run=run.key(), model=runner.lm.fingerprint,
+        path = cache_path("kl-base", cache_key(run=run.key(), model=runner.fingerprint,
                                                top_k=TOP_K), ".safetensors")
         if state == "base":
             def compute() -> dict[str, torch.Tensor]:

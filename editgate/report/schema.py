@@ -68,6 +68,7 @@ class Environment:
     limit: int | None = None
     device: str = "auto"
     dtype: str = "float32"
+    eval_dtype: str = "float32"  # precision of the scoring forwards
     seed: int = 0
     edit_source: str = "counterfact"
     data_dir: str = ""
