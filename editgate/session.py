@@ -169,6 +169,7 @@ class EditgateSession:
             chain: list[list[EditRequest]] = []
             advance = self.progress(f"edit · {case.id}", case.steps)
             for step in range(case.steps):
+                ctx.weights_key = state.state_key or f"base:{lm.fingerprint}"
                 chain.append(requests[step * batch:(step + 1) * batch])
                 path, key = self._delta_path(editor, hparams, chain, batch)
                 delta, seconds = self._load_or_compute(path, editor, ctx, chain[-1], hparams)

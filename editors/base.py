@@ -36,6 +36,10 @@ class EditContext:
     data_dir: Path
     seed: int = 0
     state: dict[str, Any] = field(default_factory=dict)  # carried across sequential calls
+    # Names the weights the editor is called on ("" = unnamed): the unedited model, or the delta
+    # chain applied before this call. Caches of weight-dependent intermediates (MEMIT's targets)
+    # key on it, so editors that start from the same weights share them.
+    weights_key: str = ""
 
 
 class Editor:

@@ -28,7 +28,10 @@ recomputed layer by layer (the updates are applied to the model only while compu
 bit-exactly before returning: the model is never left changed).
 
 :func:`spread_over_layers` is shared with AlphaEdit, which swaps the least-squares solve for a
-null-space-projected one.
+null-space-projected one. The targets z_i depend only on the weights, the request and the
+optimisation settings, so they are cached on disk under those (when the caller names the weights,
+:attr:`EditContext.weights_key`): MEMIT, AlphaEdit and MEMIT+RECT editing the unedited model with
+the same settings optimise each z_i once.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ from editgate.editors.base import (
     module_output_at,
 )
 from editgate.editors.rome import compute_value, context_templates
+from safetensors.torch import load_file, save_file
 
+from editgate.cache import cache_key, cache_path, get_or_compute
 from editgate.delta import LowRank, WeightDelta, lowrank_update
 from editgate.edits import EditRequest
 from editgate.models import LoadedModel
@@ -118,8 +123,26 @@ def request_targets(ctx: EditContext, requests: Sequence[EditRequest], hp: Any,
     """z_i: the residual stream after ``hp.layers[-1]`` that makes target_new likely, [n, d]."""
     lm = ctx.lm
     module = block_name(lm, hp.layers[-1])
-    return torch.stack([compute_value(lm, r, [t.format(r.prompt) for t in templates], hp, module)
-                        for r in requests])
+
+    def target(request: EditRequest) -> torch.Tensor:
+        prompts = [t.format(request.prompt) for t in templates]
+        compute = lambda: {"z": compute_value(lm, request, prompts, hp, module)}
+        if not ctx.weights_key:
+            return compute()["z"]
+        key = cache_key(weights=ctx.weights_key, module=module, prompts=prompts,
+                        subject=request.subject, target=request.target_new,
+                        settings={name: getattr(hp, name) for name in TARGET_SETTINGS})
+        return get_or_compute(cache_path("targets", key, ".safetensors"), compute,
+                              lambda value, tmp: save_file(value, str(tmp)),
+                              lambda path: load_file(str(path)))["z"]
+
+    return torch.stack([target(r) for r in requests])
+
+
+# The hyper-parameters rome.compute_value reads: everything a cached target depends on besides
+# the weights, the layer, the prompts and the request.
+TARGET_SETTINGS = ("steps", "lr", "kl_factor", "weight_decay", "clamp_norm_factor",
+                   "early_stop_loss", "autocast_bf16")
 
 
 def request_keys(lm: LoadedModel, layer: int, requests: Sequence[EditRequest],

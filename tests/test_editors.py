@@ -332,3 +332,35 @@ def test_alphaedit_state_travels_with_cached_deltas(data_dir, monkeypatch, tmp_p
     _, saved = WeightDelta.load_with_extra(cache_path("deltas", keys[0], ".safetensors"))
     for layer in TINY_HPARAMS["alphaedit"]["layers"]:
         assert saved[STATE_KEY.format(layer=layer)].shape[0] == 4
+
+
+def test_memit_family_shares_targets_on_the_same_weights(data_dir, monkeypatch, tmp_path):
+    """MEMIT, AlphaEdit and MEMIT+RECT on the same named weights optimise each z_i once; the
+    cached targets give the very delta a fresh optimisation gives; other weights recompute."""
+    import editgate.editors.memit as memit
+
+    monkeypatch.setenv("EDITGATE_CACHE_DIR", str(tmp_path))
+    lm = tiny_model("llama")
+    calls = []
+    original = memit.compute_value
+    monkeypatch.setattr(memit, "compute_value",
+                        lambda *args: calls.append(args[1].case_id) or original(*args))
+    requests = REQUESTS[:2]
+
+    def run(name: str, weights_key: str) -> WeightDelta:
+        editor = EDITORS.get(name)()
+        hp = editor.hparams(lm, TINY_HPARAMS[name])
+        return editor.edit(EditContext(lm, data_dir, weights_key=weights_key), requests, hp)
+
+    fresh = run("memit", "")  # unnamed weights: no caching
+    cached_first = run("memit", "base")
+    assert calls == ["t-1", "t-2"] * 2
+    cached_again = run("memit", "base")
+    run("memit+rect", "base")
+    run("alphaedit", "base")
+    assert calls == ["t-1", "t-2"] * 2  # every later editor reused the targets
+    for delta in (cached_first, cached_again):
+        for name in fresh.updates:
+            torch.testing.assert_close(delta.dense(name), fresh.dense(name))
+    run("memit", "after-some-other-edit")
+    assert calls == ["t-1", "t-2"] * 3
