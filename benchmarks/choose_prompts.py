@@ -29,7 +29,7 @@ CANDIDATES: dict[str, list[tuple[int, bool, dict]]] = {
     "dialogue": [(0, False, {}), (0, False, {"normalize": "mean"}), (0, True, {})],
     "open_qa": [(0, False, {}), (4, False, {}), (0, True, {})],
     "ner": [(4, False, {}), (8, False, {})],
-    "summarization": [(0, False, {}), (0, True, {})],
+    "summarization": [(0, False, {}), (0, True, {}), (2, False, {})],
     "reasoning": [(4, False, {}), (0, True, {})],
 }
 DEV_SIZE = {"reasoning": 16, "summarization": 24, "ner": 40, "open_qa": 60}
@@ -39,12 +39,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--eval-dtype", default="float32", help="precision of the forwards")
     parser.add_argument("--abilities", default=",".join(CANDIDATES))
     parser.add_argument("--n", type=int, default=80, help="dev items (classification)")
     parser.add_argument("--start", type=int, default=300)
     args = parser.parse_args()
     lm = load_model(args.model, dtype=args.dtype)
-    runner = AbilityRunner(lm)
+    runner = AbilityRunner(lm, eval_dtype=args.eval_dtype)
     data_dir = resolve_data_dir(None)
     print("| ability | shots | chat | options | n | metrics | s |\n|---|---|---|---|---|---|---|")
     for name in args.abilities.split(","):
