@@ -49,7 +49,8 @@ from editgate.models import DTYPES, LoadedModel
 
 RUNNER_VERSION = "3"  # part of every results-cache key: bump when scores could change
 # The precision of the suite's scoring forwards (README, "Precision"): bf16 autocast over float32
-# weights agreed with float32 on every gate decision at 2.6x the speed on this CPU.
+# weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
+# SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
 DEFAULT_EVAL_DTYPE = "bfloat16"
 
 
@@ -142,7 +143,7 @@ class AbilityRunner:
             return self.lm.fingerprint
         return cache_key(model=self.lm.fingerprint, autocast=self.eval_dtype)
 
-    def precision(self):
+    def precision(self) -> contextlib.AbstractContextManager:
         """The context every forward of an evaluation runs in (autocast to ``eval_dtype``).
 
         Enter it once around a whole evaluation: autocast then casts each weight once and
