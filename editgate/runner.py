@@ -335,24 +335,6 @@ class AbilityRunner:
                                         tuple(len(c) for c in item.continuations), tuple(greedy)))
         return results
 
-    def _tail_chunks(self, row_tokens: Sequence[list[int]], past_len: int) -> list[list[int]]:
-        """Tail rows sorted by length, in chunks whose repeated KV plus padded tails stay within
-        the token budget: continuations of very different lengths (PIQA's solutions run from 5 to
-        200 tokens) never pad each other up to the longest."""
-        chunks: list[list[int]] = []
-        current: list[int] = []
-        widest = 0
-        for s in sorted(range(len(row_tokens)), key=lambda s: len(row_tokens[s])):
-            width = max(widest, len(row_tokens[s]) - 1)
-            if current and (len(current) + 1) * (past_len + width) > self.max_batch_tokens:
-                chunks.append(current)
-                current, width = [], len(row_tokens[s]) - 1
-            current.append(s)
-            widest = width
-        if current:
-            chunks.append(current)
-        return chunks
-
     def _score_tails(self, items, rows, row_tokens, cache, mask):
         device = self.lm.device
         results: dict[tuple[int, int], tuple[float, bool]] = {}
@@ -361,8 +343,11 @@ class AbilityRunner:
         for item_index in rows:
             keys.append((item_index, seen[item_index]))
             seen[item_index] += 1
+        # Chunk the rows so the repeated KV stays within the token budget.
         past_len = mask.shape[1]
-        for sel in self._tail_chunks(row_tokens, past_len):
+        chunk = max(1, self.max_batch_tokens // max(past_len, 1))
+        for start in range(0, len(rows), chunk):
+            sel = list(range(start, min(start + chunk, len(rows))))
             row_index = torch.tensor([rows[s] for s in sel], device=device)
             inputs = [row_tokens[s][:-1] for s in sel]
             width = max(len(x) for x in inputs)
