@@ -20,11 +20,6 @@ from editgate.gate import aggregate, aggregate_ci
 MATCH_TOLERANCE = 1e-3
 
 
-def precision(settings) -> str:
-    """The dtype scores are computed in: the eval dtype over float32 weights, else the weights'."""
-    return settings.eval_dtype if settings.dtype == "float32" else settings.dtype
-
-
 def golden_path(root: Path, model: str, profile: str, precision: str) -> Path:
     safe = model.replace("/", "__")
     return root / "ability_tests" / "baselines" / safe / f"{profile}-{precision}.json"
@@ -54,15 +49,17 @@ def summarize(plugin, ability: str) -> dict[str, Any]:
 def check_or_update(plugin, ability: str) -> list[str]:
     """Compare ``ability``'s baseline with the golden file; returns the mismatches (or updates)."""
     settings = plugin.settings
-    path = golden_path(Path(plugin.config.rootpath), settings.model, settings.profile.name,
-                       precision(settings))
     current = summarize(plugin, ability)
+    # The precision the runner actually scored in (it resolves --eval-dtype against the weights).
+    precision = plugin.session.runner.eval_dtype
+    path = golden_path(Path(plugin.config.rootpath), settings.model, settings.profile.name,
+                       precision)
     if plugin.update_baselines:
         # The lock lives in the cache, not beside the committed file.
         with file_lock(cache_root() / "locks" / cache_key(golden=str(path.resolve()))):
             golden = json.loads(path.read_text()) if path.exists() else {}
             golden.update({"model": settings.model, "profile": settings.profile.name,
-                           "precision": precision(settings)})
+                           "precision": precision})
             golden.setdefault("abilities", {})[ability] = current
             golden["abilities"] = dict(sorted(golden["abilities"].items()))
             atomic_write_text(path, json.dumps(golden, indent=2) + "\n")
