@@ -7,11 +7,15 @@
 Where the speed comes from (fp32 on a CPU is bound by matmul FLOPs, so the runner does less work):
 
 1. Logits only where they are scored. The decoder runs to hidden states; the LM head (20 % of
-   SmolLM2's FLOPs, far more for Gemma's 262k vocabulary) is applied to the gathered positions only.
+   SmolLM2's FLOPs, far more for Gemma's 262k vocabulary) is applied to the gathered positions only,
+   a batch's rows together: each head call streams the whole head matrix from memory.
 2. A shared prefix (few-shot examples, an instruction) is run once; its KV cache is reused by
    every item that starts with it.
 3. One context per item across its choices: the item's context is run once, its KV rows are
-   repeated for the choices, and only the continuation tokens are run again.
+   repeated for the choices, and only the continuation tokens are run again. Where that second
+   forward costs more than it saves — a single continuation, or a context shorter than the
+   continuations (PIQA, WinoGrande, reference solutions) — each (item, continuation) is one row
+   of a single forward instead.
 4. Items are sorted by length and batched under a token budget, so padding stays small.
 5. Generation streams: a finished row leaves the batch (with its KV rows) and waiting prompts are
    prefilled and merged in, so the batch stays full and never waits for its slowest answer.
@@ -47,7 +51,7 @@ from transformers import DynamicCache
 from editgate.cache import cache_key
 from editgate.models import DTYPES, LoadedModel
 
-RUNNER_VERSION = "3"  # part of every results-cache key: bump when scores could change
+RUNNER_VERSION = "4"  # part of every results-cache key: bump when scores could change
 # The precision of the suite's scoring forwards (README, "Precision"): bf16 autocast over float32
 # weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
 # SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
@@ -124,6 +128,10 @@ class AbilityRunner:
         self.max_batch_size = max_batch_size
         self.generation_batch_size = generation_batch_size
         self.pad_id = lm.tokenizer.pad_token_id
+        # Positions per LM-head call: ~128 MB of float32 logits (682 for SmolLM2, 128 for
+        # Gemma's 262k vocabulary).
+        vocab = lm.model.get_output_embeddings().weight.shape[0]
+        self.head_positions = max(64, (1 << 25) // vocab)
         # Sliding-window attention counts cache slots, not tokens: padding inside the window would
         # shift it. Rows whose sequence outgrows the window are batched only with equal lengths.
         layer_types = getattr(lm.config, "layer_types", None) or ()
@@ -156,6 +164,26 @@ class AbilityRunner:
         # The LM head in the weights' own precision: a bf16 logit near 20 is only good to ±0.06.
         with torch.autocast(self.lm.device.type, enabled=False):
             return self.lm.head_logits(hidden.to(self.lm.dtype))
+
+    def row_logprobs(self, rows: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """``log_softmax`` of the LM head at each row's hidden states ([T_i, H] → [T_i, V]).
+
+        Rows are grouped into few head calls: a call streams the whole head matrix from memory
+        (113 MB for SmolLM2), which costs more than the product itself for a short row."""
+        group: list[torch.Tensor] = []
+        size = 0
+        for row in rows:
+            if group and size + len(row) > self.head_positions:
+                yield from self._group_logprobs(group)
+                group, size = [], 0
+            group.append(row)
+            size += len(row)
+        if group:
+            yield from self._group_logprobs(group)
+
+    def _group_logprobs(self, group: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        logprobs = F.log_softmax(self.logits(torch.cat(group)), dim=-1)
+        yield from logprobs.split([len(row) for row in group])
 
     def _eos_ids(self) -> set[int]:
         """The tokenizer's EOS plus the generation config's (chat models end turns differently)."""
@@ -272,12 +300,16 @@ class AbilityRunner:
             by_prefix[tok.prefix].append(index)
         for prefix_ids, indices in by_prefix.items():
             prefix_cache = self._prefix_cache(prefix_ids)
+            one_pass = [i for i in indices if _one_pass_is_cheaper(tokenized[i])]
+            two_stage = [i for i in indices if not _one_pass_is_cheaper(tokenized[i])]
+            self._score_one_pass(tokenized, one_pass, prefix_ids, prefix_cache, results,
+                                 progress)
             lengths = [0] * len(tokenized)
-            for i in indices:
+            for i in two_stage:
                 longest_cont = max(len(c) for c in tokenized[i].continuations)
                 lengths[i] = len(tokenized[i].context) + longest_cont * len(
                     tokenized[i].continuations)
-            order = sorted(indices, key=lambda i: -len(tokenized[i].context))
+            order = sorted(two_stage, key=lambda i: -len(tokenized[i].context))
             body = [len(t.context) for t in tokenized]
             span = [len(t.context) + max(map(len, t.continuations)) for t in tokenized]
             for batch in self._batches(order, lengths, self.max_batch_size, body, span,
@@ -288,6 +320,43 @@ class AbilityRunner:
                 if progress is not None:
                     progress(len(batch))
         return results  # type: ignore[return-value]
+
+    def _score_one_pass(self, tokenized: list[_Tokenized], indices: list[int],
+                        prefix_ids: tuple[int, ...], prefix_cache: DynamicCache | None,
+                        results: list[ChoiceScores | None], progress=None) -> None:
+        """Score ``indices`` with one row per (item, continuation): ``context + continuation[:-1]``
+        run in a single forward, the continuation read off its last positions. For a single
+        continuation, or a context shorter than the continuations, this beats running the context
+        first and the continuations on its repeated KV rows (one forward instead of two, and the
+        rows sort by their full length, so no tail is padded to a longer one)."""
+        rows = [(i, c) for i in indices for c in range(len(tokenized[i].continuations))]
+        bodies = [tokenized[i].context + tokenized[i].continuations[c][:-1] for i, c in rows]
+        lengths = [len(b) for b in bodies]
+        order = sorted(range(len(rows)), key=lambda r: -lengths[r])
+        scored: dict[tuple[int, int], tuple[float, bool]] = {}
+        remaining = {i: len(tokenized[i].continuations) for i in indices}
+        for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
+                                   len(prefix_ids)):
+            hidden, _, _ = self._prefill([bodies[r] for r in batch], prefix_ids, prefix_cache)
+            finished = 0
+            targets = [torch.tensor(tokenized[rows[r][0]].continuations[rows[r][1]],
+                                    device=hidden.device) for r in batch]
+            scored_rows = [hidden[position, hidden.shape[1] - len(t):]
+                           for position, t in enumerate(targets)]
+            for r, target, logprobs in zip(batch, targets, self.row_logprobs(scored_rows)):
+                item, choice = rows[r]
+                scored[item, choice] = (float(logprobs.gather(1, target[:, None]).sum()),
+                                        bool((logprobs.argmax(-1) == target).all()))
+                remaining[item] -= 1
+                if remaining[item] == 0:
+                    conts = tokenized[item].continuations
+                    results[item] = ChoiceScores(
+                        tuple(scored[item, c][0] for c in range(len(conts))),
+                        tuple(len(c) for c in conts),
+                        tuple(scored[item, c][1] for c in range(len(conts))))
+                    finished += 1
+            if progress is not None and finished:
+                progress(finished)
 
     def _score_batch(self, items: list[_Tokenized], prefix_ids: tuple[int, ...],
                      prefix_cache: DynamicCache | None) -> list[ChoiceScores]:
@@ -343,11 +412,19 @@ class AbilityRunner:
         for item_index in rows:
             keys.append((item_index, seen[item_index]))
             seen[item_index] += 1
-        # Chunk the rows so the repeated KV stays within the token budget.
+        # Longest tails first, chunked so the repeated KV plus the padded tails stay within the
+        # token budget: a short tail never pads to a long one in another chunk.
         past_len = mask.shape[1]
-        chunk = max(1, self.max_batch_tokens // max(past_len, 1))
-        for start in range(0, len(rows), chunk):
-            sel = list(range(start, min(start + chunk, len(rows))))
+        by_length = sorted(range(len(rows)), key=lambda s: -len(row_tokens[s]))
+        chunks: list[list[int]] = []
+        for s in by_length:
+            if chunks:
+                widest = len(row_tokens[chunks[-1][0]]) - 1
+                if (len(chunks[-1]) + 1) * (past_len + widest) <= self.max_batch_tokens:
+                    chunks[-1].append(s)
+                    continue
+            chunks.append([s])
+        for sel in chunks:
             row_index = torch.tensor([rows[s] for s in sel], device=device)
             inputs = [row_tokens[s][:-1] for s in sel]
             width = max(len(x) for x in inputs)
@@ -358,11 +435,11 @@ class AbilityRunner:
                 tail_mask[r, :len(tokens)] = 1
             full_mask = torch.cat([mask.index_select(0, row_index), tail_mask], dim=1)
             hidden = self._run(ids, full_mask, self._select_rows(cache, row_index), past_len)
-            for r, s in enumerate(sel):
-                targets = torch.tensor(row_tokens[s][1:], device=device)
-                logprobs = F.log_softmax(self.logits(hidden[r, :len(targets)]), dim=-1)
-                lp = float(logprobs.gather(1, targets[:, None]).sum())
-                greedy = bool((logprobs.argmax(-1) == targets).all())
+            targets = [torch.tensor(row_tokens[s][1:], device=device) for s in sel]
+            scored_rows = [hidden[r, :len(t)] for r, t in enumerate(targets)]
+            for s, target, logprobs in zip(sel, targets, self.row_logprobs(scored_rows)):
+                lp = float(logprobs.gather(1, target[:, None]).sum())
+                greedy = bool((logprobs.argmax(-1) == target).all())
                 results[keys[s]] = (lp, greedy)
         return results
 
@@ -386,11 +463,12 @@ class AbilityRunner:
             for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
                                        len(prefix_ids)):
                 hidden, _, _ = self._prefill([bodies[i] for i in batch], prefix_ids, prefix_cache)
-                for row, i in enumerate(batch):
-                    targets = torch.tensor(tokenized[i].continuations[0], device=hidden.device)
-                    positions = hidden[row, hidden.shape[1] - len(targets):]
-                    results[i] = requests[i].reduce(
-                        F.log_softmax(self.logits(positions), dim=-1), targets)
+                targets = [torch.tensor(tokenized[i].continuations[0], device=hidden.device)
+                           for i in batch]
+                scored_rows = [hidden[row, hidden.shape[1] - len(t):]
+                               for row, t in enumerate(targets)]
+                for i, target, logprobs in zip(batch, targets, self.row_logprobs(scored_rows)):
+                    results[i] = requests[i].reduce(logprobs, target)
                 if progress is not None:
                     progress(len(batch))
         return results
@@ -540,6 +618,13 @@ class _Row:
         self.text = tokenizer.decode(self.tokens, skip_special_tokens=True)
         return (_find_stop(self.text, self.request.stop) is not None
                 or len(self.tokens) >= self.request.max_new_tokens)
+
+
+def _one_pass_is_cheaper(item: _Tokenized) -> bool:
+    """Whether running the context once per continuation costs no more tokens than the
+    continuations themselves (always so for a single continuation)."""
+    continuations = item.continuations
+    return (len(continuations) - 1) * len(item.context) <= sum(map(len, continuations))
 
 
 def _merge_caches(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache,

@@ -113,10 +113,10 @@ class EditgateSession:
             if self._applied:
                 raise RuntimeError("baseline requested while the model is edited; call "
                                    "ensure_baselines() before editing")
-            run = self.ability_run(ability)
+            run, runner = self.ability_run(ability), self.runner  # the model loads untimed
             start = time.perf_counter()
             advance = self.progress(f"baseline · {ability}", len(run.items))
-            self._baselines[ability] = cached_evaluate(run, self.runner, "base", advance)
+            self._baselines[ability] = cached_evaluate(run, runner, "base", advance)
             self.timings[f"baseline.{ability}_s"] = time.perf_counter() - start
         return self._baselines[ability]
 
