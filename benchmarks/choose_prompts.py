@@ -54,6 +54,8 @@ def main() -> None:
         n = DEV_SIZE.get(name, args.n)
         dev = tuple(base.ability.select(candidates, None)[args.start:args.start + n])
         for shots, chat, options in CANDIDATES[name]:
+            if chat and not lm.has_chat_template:  # e.g. Gemma's GGUF conversion drops it
+                continue
             style = PromptStyle(shots, chat, options)
             run = dataclasses.replace(base, items=dev, style=style,
                                       shots=tuple(base.ability.choose_shots(pool, shots)))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from editgate.cache import cache_key, cache_root, file_lock, file_sha256
-from editgate.errors import ModelLoadError
+from editgate.errors import ConfigError, ModelLoadError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -158,12 +158,20 @@ class LoadedModel:
             ids = [self.tokenizer.bos_token_id, *ids]
         return ids
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template (a GGUF conversion may drop it)."""
+        return getattr(self.tokenizer, "chat_template", None) is not None
+
     def chat(self, user_message: str) -> str:
         """The model's chat template around one user turn, ending where the reply starts."""
         return self.chat_messages([{"role": "user", "content": user_message}])
 
     def chat_messages(self, messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
         """The chat template over ``messages``; a leading BOS is left to :meth:`encode`."""
+        if not self.has_chat_template:
+            raise ConfigError(f"model {self.name!r} has no chat template: set chat = false for "
+                              "it in editgate/configs/prompts.toml")
         text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=generation_prompt)
         bos = self.tokenizer.bos_token

@@ -267,3 +267,13 @@ def test_model_too_large_for_memory_is_refused_with_advice(tmp_path):
         handle.truncate(1 << 40)  # a sparse 1 TiB "checkpoint": takes no disk
     with pytest.raises(ModelLoadError, match=r"needs about .* GiB .* try --dtype bfloat16"):
         validate_model_spec(str(tmp_path), "cpu", "float32")
+
+
+def test_chat_prompt_without_a_chat_template_names_the_config(tiny, monkeypatch):
+    """A GGUF conversion can drop the chat template: a chat prompt must say what to change."""
+    from editgate.errors import ConfigError
+
+    monkeypatch.setattr(tiny.tokenizer, "chat_template", None)
+    assert not tiny.has_chat_template
+    with pytest.raises(ConfigError, match=r"no chat template.*prompts\.toml"):
+        tiny.chat("Is this review positive?")
