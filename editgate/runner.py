@@ -331,22 +331,16 @@ class AbilityRunner:
         rows sort by their full length, so no tail is padded to a longer one)."""
         rows = [(i, c) for i in indices for c in range(len(tokenized[i].continuations))]
         bodies = [tokenized[i].context + tokenized[i].continuations[c][:-1] for i, c in rows]
-        lengths = [len(b) for b in bodies]
-        order = sorted(range(len(rows)), key=lambda r: -lengths[r])
+        targets = [torch.tensor(tokenized[i].continuations[c], device=self.lm.device)
+                   for i, c in rows]
         scored: dict[tuple[int, int], tuple[float, bool]] = {}
         remaining = {i: len(tokenized[i].continuations) for i in indices}
-        for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
-                                   len(prefix_ids)):
-            hidden, _, _ = self._prefill([bodies[r] for r in batch], prefix_ids, prefix_cache)
+        for batch in self._row_logprobs_after(bodies, targets, prefix_ids, prefix_cache):
             finished = 0
-            targets = [torch.tensor(tokenized[rows[r][0]].continuations[rows[r][1]],
-                                    device=hidden.device) for r in batch]
-            scored_rows = [hidden[position, hidden.shape[1] - len(t):]
-                           for position, t in enumerate(targets)]
-            for r, target, logprobs in zip(batch, targets, self.row_logprobs(scored_rows)):
+            for r, logprobs in batch:
                 item, choice = rows[r]
-                scored[item, choice] = (float(logprobs.gather(1, target[:, None]).sum()),
-                                        bool((logprobs.argmax(-1) == target).all()))
+                scored[item, choice] = (float(logprobs.gather(1, targets[r][:, None]).sum()),
+                                        bool((logprobs.argmax(-1) == targets[r]).all()))
                 remaining[item] -= 1
                 if remaining[item] == 0:
                     conts = tokenized[item].continuations
@@ -357,6 +351,20 @@ class AbilityRunner:
                     finished += 1
             if progress is not None and finished:
                 progress(finished)
+
+    def _row_logprobs_after(self, bodies: Sequence[list[int]], targets: Sequence[torch.Tensor],
+                            prefix_ids: tuple[int, ...], prefix_cache: DynamicCache | None,
+                            ) -> Iterator[list[tuple[int, torch.Tensor]]]:
+        """Per batch, ``(row, logprobs [T, V])`` for rows ``body = context + target[:-1]`` scored
+        at their last ``len(target)`` positions; rows run longest first under the token budget."""
+        lengths = [len(b) for b in bodies]
+        order = sorted(range(len(bodies)), key=lambda r: -lengths[r])
+        for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
+                                   len(prefix_ids)):
+            hidden, _, _ = self._prefill([bodies[r] for r in batch], prefix_ids, prefix_cache)
+            width = hidden.shape[1]
+            scored_rows = [hidden[p, width - len(targets[r]):] for p, r in enumerate(batch)]
+            yield list(zip(batch, self.row_logprobs(scored_rows)))
 
     def _score_batch(self, items: list[_Tokenized], prefix_ids: tuple[int, ...],
                      prefix_cache: DynamicCache | None) -> list[ChoiceScores]:
@@ -456,19 +464,12 @@ class AbilityRunner:
             by_prefix[tok.prefix].append(index)
         for prefix_ids, indices in by_prefix.items():
             prefix_cache = self._prefix_cache(prefix_ids)
-            # One sequence per item: context + continuation[:-1]; the last T positions are scored.
-            bodies = [t.context + t.continuations[0][:-1] for t in tokenized]
-            lengths = [len(b) for b in bodies]
-            order = sorted(indices, key=lambda i: -lengths[i])
-            for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
-                                       len(prefix_ids)):
-                hidden, _, _ = self._prefill([bodies[i] for i in batch], prefix_ids, prefix_cache)
-                targets = [torch.tensor(tokenized[i].continuations[0], device=hidden.device)
-                           for i in batch]
-                scored_rows = [hidden[row, hidden.shape[1] - len(t):]
-                               for row, t in enumerate(targets)]
-                for i, target, logprobs in zip(batch, targets, self.row_logprobs(scored_rows)):
-                    results[i] = requests[i].reduce(logprobs, target)
+            bodies = [tokenized[i].context + tokenized[i].continuations[0][:-1] for i in indices]
+            targets = [torch.tensor(tokenized[i].continuations[0], device=self.lm.device)
+                       for i in indices]
+            for batch in self._row_logprobs_after(bodies, targets, prefix_ids, prefix_cache):
+                for r, logprobs in batch:
+                    results[indices[r]] = requests[indices[r]].reduce(logprobs, targets[r])
                 if progress is not None:
                     progress(len(batch))
         return results
