@@ -80,17 +80,26 @@ class MLPLayout:
     layers_path: str  # dotted path to the ModuleList of blocks
     mlp_out: str  # template for the output projection, relative to the model: ...{layer}...
     transposed: bool  # True for Conv1D ([in, out]) weights
+    # A norm between the MLP output and the residual stream (Gemma 2/3's post-feed-forward
+    # RMSNorm): the block adds norm(down_proj(k)), not down_proj(k), to the residual.
+    post_norm: str | None = None
 
     def out_proj_name(self, layer: int) -> str:
         return self.mlp_out.format(layer=layer)
+
+    def post_norm_name(self, layer: int) -> str | None:
+        return self.post_norm.format(layer=layer) if self.post_norm else None
 
     def weight_name(self, layer: int) -> str:
         return self.out_proj_name(layer) + ".weight"
 
 
 MLP_LAYOUTS: dict[str, MLPLayout] = {
-    # Llama, Mistral, Qwen2, Gemma 1-3, SmolLM: gated MLP with down_proj.
+    # Llama, Mistral, Qwen2, Gemma 1, SmolLM: gated MLP with down_proj.
     "llama": MLPLayout("model.layers", "model.layers.{layer}.mlp.down_proj", False),
+    # Gemma 2/3: the same MLP, its output RMS-normalised before it joins the residual stream.
+    "gemma-post-norm": MLPLayout("model.layers", "model.layers.{layer}.mlp.down_proj", False,
+                                 "model.layers.{layer}.post_feedforward_layernorm"),
     "gpt2": MLPLayout("transformer.h", "transformer.h.{layer}.mlp.c_proj", True),
     "gptj": MLPLayout("transformer.h", "transformer.h.{layer}.mlp.fc_out", False),
     "gpt_neox": MLPLayout("gpt_neox.layers", "gpt_neox.layers.{layer}.mlp.dense_4h_to_h", False),
@@ -99,7 +108,12 @@ LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
               "olmo", "olmo2", "phi3", "granite", "smollm3"}
 
 
+POST_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+
+
 def mlp_layout(model_type: str) -> MLPLayout:
+    if model_type in POST_NORM_TYPES:
+        return MLP_LAYOUTS["gemma-post-norm"]
     if model_type in LLAMA_LIKE:
         return MLP_LAYOUTS["llama"]
     if model_type in MLP_LAYOUTS:

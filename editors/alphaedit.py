@@ -69,6 +69,7 @@ class AlphaEditHParams:
     context_templates: int = 10
     context_length: int = 10
     autocast_bf16: bool = True
+    through_post_norm: bool = True  # as MEMIT's: invert a post-MLP norm (Gemma 2/3)
 
 
 class AlphaEdit(Editor):

@@ -23,6 +23,20 @@ l₁ < … < l_L, each layer taking a share of the change so that no single weig
    with C over a generic corpus (:mod:`editgate.stats`): new keys map to their residual, keys the
    model usually sees move as little as possible. Solved in float64; rank(Δ) ≤ n.
 
+3. **Through a post-MLP norm** (``through_post_norm``; changes nothing on models without one). The
+   published derivation assumes the MLP output joins the residual stream as is. Gemma 2/3 add
+   N(m) = γ ⊙ m / rms(m) of the MLP output m instead, with gains γ up to ~800 on Gemma-3-270M, so
+   writing R into m moves the residual by roughly γ/rms(m) ⊙ R — wildly more, or less, than asked.
+   A naive port (``through_post_norm=false``) damages Gemma badly (README, "What the suite
+   finds"). editgate first maps each layer's share R through N's inverse at the subject's current
+   MLP output m::
+
+       R_m = rms(m) · R / γ            (dimensions with |γ| < 1 % of the median |γ|: 0)
+
+   which is exact when the new output keeps its rms (m + R_m = rms(m) · (N(m) + R)/γ, and N is
+   scale-invariant) and first-order otherwise; the layer-by-layer recomputation of H absorbs the
+   rest, as it absorbs the cross-layer effects.
+
 Applying the update of layer l changes the keys of the layers above it, which is why K and H are
 recomputed layer by layer (the updates are applied to the model only while computing and reverted
 bit-exactly before returning: the model is never left changed).
@@ -74,6 +88,9 @@ class MEMITHParams:
     context_templates: int = 10
     context_length: int = 10
     autocast_bf16: bool = True
+    # Map each layer's residual share through the inverse of a post-MLP norm (Gemma 2/3); see
+    # step 3 of the module docstring. Ignored for models without one; false = the naive port.
+    through_post_norm: bool = True
 
 
 def memit_layers(lm: LoadedModel) -> tuple[int, ...]:
@@ -168,6 +185,11 @@ def spread_over_layers(ctx: EditContext, requests: Sequence[EditRequest], hp: An
             keys = request_keys(lm, layer, requests, templates)
             current = module_output_at(lm, top, prompts, subjects)
             residual = (targets - current) / (len(hp.layers) - j)
+            post_norm = lm.layout.post_norm_name(layer)
+            if hp.through_post_norm and post_norm is not None:
+                outputs = module_output_at(lm, lm.layout.out_proj_name(layer), prompts, subjects)
+                residual = invert_post_norm(residual, outputs, norm_gain(lm.module(post_norm),
+                                                                        residual.shape[-1]))
             left, right = solve(layer, keys, residual)
             name = lm.layout.weight_name(layer)
             updates[name] = lowrank_update(lm.layout.transposed, left, right)
@@ -176,3 +198,24 @@ def spread_over_layers(ctx: EditContext, requests: Sequence[EditRequest], hp: An
         for handle in reversed(applied):  # bit-exact: the model leaves as it came
             handle.revert()
     return updates
+
+
+def norm_gain(norm: torch.nn.Module, width: int) -> torch.Tensor:
+    """The per-dimension gain γ of an RMS norm: its output on the all-ones vector (rms 1)."""
+    weight = next(norm.parameters())
+    with torch.no_grad():
+        return norm(torch.ones(1, width, dtype=weight.dtype, device=weight.device))[0].float()
+
+
+def invert_post_norm(residual: torch.Tensor, outputs: torch.Tensor, gain: torch.Tensor,
+                     floor: float = 0.01) -> torch.Tensor:
+    """R_m = rms(m) · R / γ: the change of the MLP outputs m [n, d] that moves N(m) by R [n, d].
+
+    Dimensions whose gain is below ``floor`` × the median |γ| cannot carry a change (dividing by
+    a near-zero gain would blow the output's rms up and with it every other dimension): 0 there.
+    """
+    rms = outputs.float().pow(2).mean(-1, keepdim=True).sqrt()
+    usable = gain.abs() >= floor * gain.abs().median()
+    inverse = torch.where(usable, 1.0 / torch.where(usable, gain, torch.ones_like(gain)),
+                          torch.zeros_like(gain))
+    return rms * residual.float() * inverse
