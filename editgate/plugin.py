@@ -102,10 +102,13 @@ def _parse_hparams(values: list[str]) -> dict[str, dict[str, object]]:
         editor, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"--hparam {text!r}: expected EDITOR.KEY=VALUE")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
+        if raw.strip() in ("true", "false"):  # as written in the hparams TOML files
+            value: object = raw.strip() == "true"
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
         parsed[editor.strip()][name.strip()] = value
     return dict(parsed)
 

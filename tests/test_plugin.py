@@ -135,3 +135,12 @@ def test_zsre_edit_source(suite):
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 1
     result.stdout.fnmatch_lines(["*neigh*", "*rome-single*"])
+
+
+def test_hparam_values_read_as_python_or_toml_literals():
+    from editgate.plugin import _parse_hparams
+
+    parsed = _parse_hparams(["memit.through_post_norm=false", "rome.mom2=False",
+                             "memit.layers=(3,4)", "memit.mom2_weight=5e3", "x.name=word"])
+    assert parsed == {"memit": {"through_post_norm": False, "layers": (3, 4), "mom2_weight": 5e3},
+                      "rome": {"mom2": False}, "x": {"name": "word"}}
