@@ -8,6 +8,9 @@ Run the matrix of the paper's claims, then tabulate it (per model):
         --report-dir reports/findings-smollm2
     python benchmarks/paper_findings.py reports/findings-smollm2/latest.json
 
+Several runs of one model (an editor re-run after a fix, a case added later) make one table with
+``--merge``; a later run's case replaces an earlier run's case of the same id.
+
 For every edit case the table gives, per ability, the change of its headline metric (the paper
 metric when the profile scores it, else the continuous one; points for fractions, nats otherwise),
 marked ✗ where a gate of that ability failed. Below it, each claim of the paper is checked against
@@ -133,7 +136,7 @@ def claims(cases: list[str], failed: dict[str, int], totals: dict[str, int]) -> 
                               ("r-rome", "rome", "sequential")):
         fixed, plain = _curve(cases, failed, fix, family), _curve(cases, failed, base, family)
         common = sorted(set(dict(fixed)) & set(dict(plain)))
-        if len(common) < 2:
+        if not common:
             continue
         better = sum(dict(fixed)[n] for n in common) <= sum(dict(plain)[n] for n in common)
         lines.append(f"4. {fix} vs {base}, {family} ({curve_text(fixed)} vs {curve_text(plain)}) — "
@@ -142,12 +145,31 @@ def claims(cases: list[str], failed: dict[str, int], totals: dict[str, int]) -> 
     return lines
 
 
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table from several runs of the same model and profile; a later run's case replaces an
+    earlier run's case of the same id (e.g. an editor re-run after a fix)."""
+    first = runs[0]["environment"]
+    for run in runs[1:]:
+        env = run["environment"]
+        if (env["model"], env["profile"]) != (first["model"], first["profile"]):
+            raise SystemExit(f"cannot merge {env['model']}/{env['profile']} into "
+                             f"{first['model']}/{first['profile']}")
+    gates: list[dict[str, Any]] = []
+    for run in runs:
+        replaced = {gate["case"] for gate in run["gates"]}
+        gates = [g for g in gates if g["case"] not in replaced] + run["gates"]
+    return {**runs[0], "gates": gates}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run JSON files (reports/.../latest.json)")
+    parser.add_argument("--merge", action="store_true",
+                        help="one table from all runs (same model); later runs replace cases")
     args = parser.parse_args()
-    for path in args.runs:
-        print(render(json.loads(path.read_text())))
+    runs = [json.loads(path.read_text()) for path in args.runs]
+    for run in [merge(runs)] if args.merge else runs:
+        print(render(run))
 
 
 if __name__ == "__main__":
