@@ -216,6 +216,6 @@ def invert_post_norm(residual: torch.Tensor, outputs: torch.Tensor, gain: torch.
     """
     rms = outputs.float().pow(2).mean(-1, keepdim=True).sqrt()
     usable = gain.abs() >= floor * gain.abs().median()
-    inverse = torch.where(usable, 1.0 / torch.where(usable, gain, torch.ones_like(gain)),
-                          torch.zeros_like(gain))
+    inverse = torch.zeros_like(gain)
+    inverse[usable] = 1.0 / gain[usable]
     return rms * residual.float() * inverse
