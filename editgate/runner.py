@@ -354,9 +354,13 @@ class AbilityRunner:
 
     def _row_logprobs_after(self, bodies: Sequence[list[int]], targets: Sequence[torch.Tensor],
                             prefix_ids: tuple[int, ...], prefix_cache: DynamicCache | None,
-                            ) -> Iterator[list[tuple[int, torch.Tensor]]]:
+                            ) -> Iterator[Iterator[tuple[int, torch.Tensor]]]:
         """Per batch, ``(row, logprobs [T, V])`` for rows ``body = context + target[:-1]`` scored
-        at their last ``len(target)`` positions; rows run longest first under the token budget."""
+        at their last ``len(target)`` positions; rows run longest first under the token budget.
+
+        Each batch is a lazy iterator: a row's [T, V] log-probs should be reduced before the next
+        is made. Held all at once they were a batch's whole token budget of vocabulary rows —
+        4096 × 262k float32 = 4.3 GB for Gemma, which set its peak memory."""
         lengths = [len(b) for b in bodies]
         order = sorted(range(len(bodies)), key=lambda r: -lengths[r])
         for batch in self._batches(order, lengths, self.max_batch_size, lengths, lengths,
@@ -364,7 +368,7 @@ class AbilityRunner:
             hidden, _, _ = self._prefill([bodies[r] for r in batch], prefix_ids, prefix_cache)
             width = hidden.shape[1]
             scored_rows = [hidden[p, width - len(targets[r]):] for p, r in enumerate(batch)]
-            yield list(zip(batch, self.row_logprobs(scored_rows)))
+            yield zip(batch, self.row_logprobs(scored_rows))
 
     def _score_batch(self, items: list[_Tokenized], prefix_ids: tuple[int, ...],
                      prefix_cache: DynamicCache | None) -> list[ChoiceScores]:
@@ -468,10 +472,12 @@ class AbilityRunner:
             targets = [torch.tensor(tokenized[i].continuations[0], device=self.lm.device)
                        for i in indices]
             for batch in self._row_logprobs_after(bodies, targets, prefix_ids, prefix_cache):
+                done = 0
                 for r, logprobs in batch:
                     results[indices[r]] = requests[indices[r]].reduce(logprobs, targets[r])
+                    done += 1
                 if progress is not None:
-                    progress(len(batch))
+                    progress(done)
         return results
 
     # ------------------------------------------------------------------ generation

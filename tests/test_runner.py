@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_generate, reference_loglikelihood
 
-from editgate.runner import AbilityRunner, Choices, Generate
+from editgate.runner import AbilityRunner, Choices, Distributions, Generate
 
 WORDS = ["The", " capital", " of", " France", " is", " Paris", " Review", ":", " a", " charming",
          " journey", ".", " Sentiment", " positive", " negative", "\n", " Lyon", " French", " 4"]
@@ -49,6 +49,29 @@ def test_outputs_keep_input_order(tiny):
     for req, got in zip(requests, scores):
         assert got.logprobs[0] == pytest.approx(reference_loglikelihood(runner, req)[0][0],
                                                 abs=1e-4)
+
+
+def test_distributions_reach_reduce_as_they_are_made(tiny):
+    """A row's [T, vocab] log-probs go to ``reduce`` before the batch's next head call: held all
+    at once they were a whole token budget of vocabulary rows (4.3 GB for Gemma's 262k)."""
+    runner = AbilityRunner(tiny)
+    runner.head_positions = 4  # several head calls within one batch
+    events: list[str] = []
+    head = runner.logits
+    runner.logits = lambda hidden: (events.append("head"), head(hidden))[1]
+
+    def reduce(logprobs, targets):
+        events.append("reduce")
+        return float(logprobs.gather(1, targets[:, None]).sum())
+
+    requests = [Distributions("The capital", " of France is Paris." * n, reduce) for n in (1, 2, 3)]
+    got = runner.distributions(requests)
+    assert events.count("head") >= 3 and events.count("reduce") == 3
+    last_head = len(events) - 1 - events[::-1].index("head")
+    assert events.index("reduce") < last_head  # streamed, not collected first
+    for req, value in zip(requests, got):
+        reference = reference_loglikelihood(runner, Choices(req.context, (req.continuation,)))
+        assert value == pytest.approx(reference[0][0], abs=1e-4)
 
 
 def test_empty_continuation_is_an_error(tiny):
