@@ -186,11 +186,13 @@ def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
     capture = module.register_forward_hook(keep_output)
     try:
         with torch.no_grad():
-            logits = lm.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+            hidden = lm.decoder(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
     finally:
         capture.remove()
     v0 = record["output"][0, lookup[0]].detach().float()
-    kl_reference = F.log_softmax(logits[n_rewrite, lookup[n_rewrite]].float(), dim=-1).detach()
+    # The LM head at the one KL position only (every row's logits: 350 MB for Gemma's vocabulary).
+    kl_reference = F.log_softmax(lm.head_logits(hidden[n_rewrite, lookup[n_rewrite]].float()),
+                                 dim=-1).detach()
 
     delta = torch.zeros_like(v0, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hp.lr)
