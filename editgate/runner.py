@@ -56,6 +56,8 @@ RUNNER_VERSION = "4"  # part of every results-cache key: bump when scores could 
 # weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
 # SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
 DEFAULT_EVAL_DTYPE = "bfloat16"
+# (tokens per scoring forward, rows per forward, rows per generation batch).
+DEFAULT_BATCH_LIMITS = (4096, 32, 16)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ class AbilityRunner:
     """Batched scoring and generation on one model. Stateless apart from the prefix KV memo."""
 
     def __init__(self, lm: LoadedModel, *, eval_dtype: str = "float32",
-                 max_batch_tokens: int = 4096, max_batch_size: int = 32,
-                 generation_batch_size: int = 16) -> None:
+                 max_batch_tokens: int = DEFAULT_BATCH_LIMITS[0],
+                 max_batch_size: int = DEFAULT_BATCH_LIMITS[1],
+                 generation_batch_size: int = DEFAULT_BATCH_LIMITS[2]) -> None:
         if eval_dtype not in DTYPES:
             raise ValueError(f"unknown eval dtype {eval_dtype!r}; choose one of {sorted(DTYPES)}")
         self.lm = lm
@@ -146,10 +149,19 @@ class AbilityRunner:
 
     @property
     def fingerprint(self) -> str:
-        """The model's fingerprint and the precision it is evaluated in: part of results keys."""
-        if self.autocast_dtype is None:
-            return self.lm.fingerprint
-        return cache_key(model=self.lm.fingerprint, autocast=self.eval_dtype)
+        """The model's fingerprint, the precision it is evaluated in and, when not the defaults,
+        the batch limits: part of results keys.
+
+        Scores are deterministic but not batch-invariant: a row's matmuls round differently in
+        another batch shape (bf16 quick items, 32 rows / 4,096 tokens vs 8 / 1,024: margins moved
+        on 46 of 50 RTE items and near-ties flipped), so results from other limits never mix."""
+        parts: dict[str, Any] = {}
+        if self.autocast_dtype is not None:
+            parts["autocast"] = self.eval_dtype
+        limits = (self.max_batch_tokens, self.max_batch_size, self.generation_batch_size)
+        if limits != DEFAULT_BATCH_LIMITS:
+            parts["batch_limits"] = limits
+        return cache_key(model=self.lm.fingerprint, **parts) if parts else self.lm.fingerprint
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The context every forward of an evaluation runs in (autocast to ``eval_dtype``).

@@ -74,6 +74,15 @@ def test_distributions_reach_reduce_as_they_are_made(tiny):
         assert value == pytest.approx(reference[0][0], abs=1e-4)
 
 
+def test_batch_limits_are_part_of_the_fingerprint(tiny):
+    """Other batch shapes round differently, so their results get their own cache keys; the
+    defaults keep the plain keys (caches from before stay valid)."""
+    default, small = AbilityRunner(tiny), AbilityRunner(tiny, max_batch_size=8)
+    assert default.fingerprint == tiny.fingerprint != small.fingerprint
+    assert (AbilityRunner(tiny, eval_dtype="bfloat16").fingerprint
+            != AbilityRunner(tiny, eval_dtype="bfloat16", max_batch_tokens=1024).fingerprint)
+
+
 def test_empty_continuation_is_an_error(tiny):
     runner = AbilityRunner(tiny)
     with pytest.raises(ValueError, match="empty continuation"):
