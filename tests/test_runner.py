@@ -83,6 +83,52 @@ def test_batch_limits_are_part_of_the_fingerprint(tiny):
             != AbilityRunner(tiny, eval_dtype="bfloat16", max_batch_tokens=1024).fingerprint)
 
 
+def _partition_cost(runner, batches, cost, body, span, past, cap, overhead):
+    """The padded work of ``batches``, or None when one breaks the runner's limits."""
+    total = 0
+    for batch in batches:
+        worst, longest = max(cost[i] for i in batch), max(span[i] for i in batch)
+        mixed = (runner.window is not None and past + longest > runner.window
+                 and len({body[i] for i in batch}) > 1)
+        if len(batch) > cap or (len(batch) > 1 and (worst * len(batch)
+                                                    > runner.max_batch_tokens or mixed)):
+            return None
+        total += worst * len(batch) + overhead
+    return total
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(1, 40), st.integers(0, 8)), min_size=1, max_size=8),
+       budget=st.integers(8, 120), cap=st.integers(1, 5), overhead=st.sampled_from([0, 7, 128]),
+       window=st.sampled_from([None, 24]))
+def test_batches_are_the_cheapest_split(tiny, rows, budget, cap, overhead, window):
+    """The dynamic-programming split costs exactly the least of every split into consecutive
+    runs that keeps the limits (found by brute force), and keeps the rows in order."""
+    runner = AbilityRunner(tiny, max_batch_tokens=budget)
+    runner.window = window
+    body = [length for length, _ in rows]
+    cost = span = [length + extra for length, extra in rows]
+    order = sorted(range(len(rows)), key=lambda i: -body[i])
+    args = (cost, body, span, 2, cap, overhead)
+    batches = runner._batches(order, cost, cap, body, span, 2, overhead)
+    assert [i for batch in batches for i in batch] == order
+    cheapest = min(
+        c for cuts in range(1 << (len(order) - 1))
+        if (c := _partition_cost(runner, _split(order, cuts), *args)) is not None)
+    assert _partition_cost(runner, batches, *args) == cheapest
+
+
+def _split(order, cuts):
+    """``order`` cut after position k wherever bit k of ``cuts`` is set."""
+    batches, current = [], []
+    for k, index in enumerate(order):
+        current.append(index)
+        if cuts >> k & 1 or k == len(order) - 1:
+            batches.append(current)
+            current = []
+    return batches
+
+
 def test_empty_continuation_is_an_error(tiny):
     runner = AbilityRunner(tiny)
     with pytest.raises(ValueError, match="empty continuation"):
