@@ -47,6 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "float16")
     group.addoption("--eval-dtype", help="precision of the scoring forwards, autocast over "
                     "float32 weights: bfloat16 (default) | float32 | float16")
+    group.addoption("--generation-dtype", help="precision of greedy generation's forwards: "
+                    "float32 (default; bf16 answers depend on their batch) | bfloat16 | float16")
     group.addoption("--data-dir", help="task data folder (default: ini editgate_data_dir, "
                     "$EDITGATE_DATA_DIR, ../shared/data)")
     group.addoption("--profile", default=None, help="quick | standard | paper (default quick)")
@@ -153,7 +155,7 @@ class EditgatePlugin:
         from editgate.data import resolve_data_dir
         from editgate.evaluate import get_profile
         from editgate.registry import ABILITIES, EDITORS
-        from editgate.runner import DEFAULT_EVAL_DTYPE
+        from editgate.runner import DEFAULT_EVAL_DTYPE, DEFAULT_GENERATION_DTYPE
         from editgate.session import Settings
 
         config = self.config
@@ -165,6 +167,7 @@ class EditgatePlugin:
             model=opt("--model") or config.getini("editgate_model"), data_dir=data_dir,
             profile=profile, device=worker_device(opt("--device")), dtype=opt("--dtype"),
             eval_dtype=opt("--eval-dtype") or DEFAULT_EVAL_DTYPE,
+            generation_dtype=opt("--generation-dtype") or DEFAULT_GENERATION_DTYPE,
             limit=opt("--limit"),
             edit_source=opt("--edit-source"), seed=opt("--seed"),
             edits_file=Path(opt("--edits-file")).resolve() if opt("--edits-file") else None,
@@ -207,9 +210,11 @@ class EditgatePlugin:
         if settings.limit is not None and settings.limit < 1:
             raise ConfigError(f"--limit {settings.limit}: must be at least 1")
         validate_model_spec(settings.model, settings.device, settings.dtype)
-        if settings.eval_dtype not in DTYPES:
-            raise ConfigError(f"unknown --eval-dtype {settings.eval_dtype!r}; choose one of "
-                              f"{', '.join(sorted(DTYPES))}")
+        for option, dtype in (("--eval-dtype", settings.eval_dtype),
+                              ("--generation-dtype", settings.generation_dtype)):
+            if dtype not in DTYPES:
+                raise ConfigError(f"unknown {option} {dtype!r}; choose one of "
+                                  f"{', '.join(sorted(DTYPES))}")
         for editor, overrides in settings.hparam_overrides.items():
             check_overrides(EDITORS.get(editor), overrides)
         for ability in self.abilities:

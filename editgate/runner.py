@@ -27,6 +27,8 @@ Where the speed comes from (fp32 on a CPU is bound by matmul FLOPs, so the runne
    residual stream, the norms and the LM head stay float32, so an edit is applied to exact
    float32 weights and every log-prob comes out of a float32 softmax. The agreement with
    float32 evaluation is measured by ``benchmarks/bf16_agreement.py`` (README, "Precision").
+   Greedy generation runs in ``generation_dtype`` (float32 by default): a bf16 answer depends
+   on the batch it was generated in.
 
 Token ids are ``prefix_ids + context_ids + continuation_ids``: prefix and context as the tokenizer
 reads them jointly (split where their tokens part, see :meth:`AbilityRunner.split_prompt`), each
@@ -58,6 +60,12 @@ RUNNER_VERSION = "5"  # part of every results-cache key: bump when scores could 
 # weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
 # SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
 DEFAULT_EVAL_DTYPE = "bfloat16"
+# Greedy generation stays float32: bf16 rounding depends on the batch a row shares, and one flipped
+# token changes the rest of the answer. Of 40 GSM8K/SAMSum answers, 5 changed in bf16 when only the
+# generation batch size did (16 → 5), none in float32 (benchmarks/generation_batch_variance.py).
+# In a gate, an edit that shortens one answer would regroup the batches and change other answers
+# for no reason of their own.
+DEFAULT_GENERATION_DTYPE = "float32"
 # (tokens per scoring forward, rows per forward, rows per generation batch).
 DEFAULT_BATCH_LIMITS = (4096, 32, 16)
 # A scoring forward's fixed cost in token equivalents: ≈ 30 ms of SmolLM2 layer launches on this
@@ -120,16 +128,20 @@ class AbilityRunner:
     """Batched scoring and generation on one model. Stateless apart from the prefix KV memo."""
 
     def __init__(self, lm: LoadedModel, *, eval_dtype: str = "float32",
+                 generation_dtype: str = DEFAULT_GENERATION_DTYPE,
                  max_batch_tokens: int = DEFAULT_BATCH_LIMITS[0],
                  max_batch_size: int = DEFAULT_BATCH_LIMITS[1],
                  generation_batch_size: int = DEFAULT_BATCH_LIMITS[2]) -> None:
-        if eval_dtype not in DTYPES:
-            raise ValueError(f"unknown eval dtype {eval_dtype!r}; choose one of {sorted(DTYPES)}")
+        for kind, dtype in (("eval", eval_dtype), ("generation", generation_dtype)):
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown {kind} dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         self.lm = lm
         # Autocast only lowers precision: weights already in bf16/fp16 run as they are.
-        self.autocast_dtype = (DTYPES[eval_dtype] if lm.dtype == torch.float32
-                               and eval_dtype != "float32" else None)
+        self.autocast_dtype = _autocast_dtype(lm, eval_dtype)
         self.eval_dtype = str(self.autocast_dtype or lm.dtype).removeprefix("torch.")
+        self.generation_autocast_dtype = _autocast_dtype(lm, generation_dtype)
+        self.generation_dtype = str(self.generation_autocast_dtype or lm.dtype
+                                    ).removeprefix("torch.")
         self.model = lm.model
         self.decoder = lm.decoder
         self.max_batch_tokens = max_batch_tokens
@@ -154,7 +166,7 @@ class AbilityRunner:
 
     @property
     def fingerprint(self) -> str:
-        """The model's fingerprint, the precision it is evaluated in and, when not the defaults,
+        """The model's fingerprint, the precisions it is evaluated in and, when not the defaults,
         the batch limits: part of results keys.
 
         Scores are deterministic but not batch-invariant: a row's matmuls round differently in
@@ -163,6 +175,8 @@ class AbilityRunner:
         parts: dict[str, Any] = {}
         if self.autocast_dtype is not None:
             parts["autocast"] = self.eval_dtype
+        if self.generation_dtype != self.eval_dtype:
+            parts["generation"] = self.generation_dtype
         limits = (self.max_batch_tokens, self.max_batch_size, self.generation_batch_size)
         if limits != DEFAULT_BATCH_LIMITS:
             parts["batch_limits"] = limits
@@ -177,6 +191,12 @@ class AbilityRunner:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.lm.device.type, dtype=self.autocast_dtype)
+
+    def generation_precision(self) -> contextlib.AbstractContextManager:
+        """The context of generation's forwards, inside or outside :meth:`precision`."""
+        if self.generation_autocast_dtype is None:
+            return torch.autocast(self.lm.device.type, enabled=False)
+        return torch.autocast(self.lm.device.type, dtype=self.generation_autocast_dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # The LM head in the weights' own precision: a bf16 logit near 20 is only good to ±0.06.
@@ -540,6 +560,11 @@ class AbilityRunner:
             prefix_ids, bodies[index] = self.split_prompt(request.prefix, request.context)
             by_prefix[prefix_ids].append(index)
         eos = self._eos_ids()
+        with self.generation_precision():
+            self._generate_groups(requests, by_prefix, bodies, eos, outputs, progress)
+        return outputs  # type: ignore[return-value]
+
+    def _generate_groups(self, requests, by_prefix, bodies, eos, outputs, progress) -> None:
         for prefix_ids, indices in by_prefix.items():
             prefix_cache = self._prefix_cache(prefix_ids)
             order = sorted(indices, key=lambda i: -len(bodies[i]))
@@ -553,7 +578,6 @@ class AbilityRunner:
                 outputs[i] = _cut_at_stop(text, requests[i].stop)
                 if progress is not None:
                     progress(1)
-        return outputs  # type: ignore[return-value]
 
     def _generate_stream(self, order, bodies, requests, prefix_ids, prefix_cache, eos,
                          ) -> Iterator[tuple[int, str]]:
@@ -656,6 +680,11 @@ class _Row:
         self.text = tokenizer.decode(self.tokens, skip_special_tokens=True)
         return (_find_stop(self.text, self.request.stop) is not None
                 or len(self.tokens) >= self.request.max_new_tokens)
+
+
+def _autocast_dtype(lm: LoadedModel, dtype: str) -> torch.dtype | None:
+    """The autocast dtype that runs float32 weights in ``dtype``; None for exact forwards."""
+    return DTYPES[dtype] if lm.dtype == torch.float32 and dtype != "float32" else None
 
 
 def _one_pass_is_cheaper(item: _Tokenized) -> bool:

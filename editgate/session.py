@@ -31,7 +31,7 @@ from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare, res
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
 from editgate.regimes import EditCase
 from editgate.registry import EDITORS
-from editgate.runner import DEFAULT_EVAL_DTYPE, AbilityRunner
+from editgate.runner import DEFAULT_EVAL_DTYPE, DEFAULT_GENERATION_DTYPE, AbilityRunner
 
 Progress = Callable[[str, int], Callable[[float], None]]  # (description, total) → advance(n)
 
@@ -44,6 +44,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "float32"  # weights, and the edits applied to them
     eval_dtype: str = DEFAULT_EVAL_DTYPE  # scoring forwards (autocast when below `dtype`)
+    generation_dtype: str = DEFAULT_GENERATION_DTYPE  # greedy generation's forwards
     limit: int | None = None
     edit_source: str = "counterfact"
     edits_file: Path | None = None  # user-supplied requests instead of edit_source
@@ -96,7 +97,8 @@ class EditgateSession:
     @property
     def runner(self) -> AbilityRunner:
         if self._runner is None:
-            self._runner = AbilityRunner(self.lm, eval_dtype=self.settings.eval_dtype)
+            self._runner = AbilityRunner(self.lm, eval_dtype=self.settings.eval_dtype,
+                                         generation_dtype=self.settings.generation_dtype)
         return self._runner
 
     def ability_run(self, name: str) -> AbilityRun:

@@ -192,6 +192,7 @@ BAD_OPTIONS = [
     (["--hparam", "rome.layer='x'"], "expected int, got str"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["--eval-dtype", "fp8"], "unknown --eval-dtype 'fp8'"),
+    (["--generation-dtype", "int4"], "unknown --generation-dtype 'int4'"),
     (["--device", "gpu7"], "unknown device 'gpu7'"),
     (["--model", "/"], "is not a transformers model directory"),
     (["--model", "./no/such/model"], "unknown model"),

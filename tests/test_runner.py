@@ -171,6 +171,30 @@ def test_bf16_evaluation_keeps_float32_weights_and_head(tiny):
         assert param.dtype == torch.float32 and torch.equal(param, before[name])
 
 
+def test_generation_runs_in_its_own_precision(tiny):
+    """Under bf16 scoring, generation still runs in float32 by default: the same texts as a
+    float32 runner, autocast off inside it and back on after; its precision joins the key."""
+    import torch
+
+    requests = [Generate(c, stop=(".",), max_new_tokens=6) for c in
+                ("The capital of France is", "Review: a charming journey", "Lyon")]
+    exact, mixed = AbilityRunner(tiny), AbilityRunner(tiny, eval_dtype="bfloat16")
+    assert mixed.generation_dtype == "float32"
+    seen = []
+    step = mixed.decoder.forward
+    mixed.decoder.forward = lambda *a, **k: (seen.append(torch.is_autocast_enabled("cpu")),
+                                             step(*a, **k))[1]
+    with mixed.precision():
+        assert mixed.generate(requests) == exact.generate(requests)
+        assert torch.is_autocast_enabled("cpu")
+    del mixed.decoder.forward
+    assert seen and not any(seen)
+    lowered = AbilityRunner(tiny, eval_dtype="bfloat16", generation_dtype="bfloat16")
+    assert len({exact.fingerprint, mixed.fingerprint, lowered.fingerprint}) == 3
+    with pytest.raises(ValueError, match="unknown generation dtype 'int4'"):
+        AbilityRunner(tiny, generation_dtype="int4")
+
+
 def test_bf16_weights_need_no_autocast():
     import torch
 
