@@ -12,9 +12,12 @@ itself strays up to ~3e-3 from a plain unpadded forward, which editgate matches 
 same generated text.
 Timings are the best of ``BENCH_ROUNDS`` (default 2) rounds; the CPU is shared, so they are noisy.
 
-Each row also times editgate in its default precision (bf16 autocast over the float32 weights, see
-the README's "Precision") and gives that run's agreement with lm-evaluation-harness's float32 on
-the decision alone: the same chosen continuation, or the same generated text.
+Each row also times editgate in its default precision (bf16 autocast over the float32 weights for
+scoring, float32 for greedy generation; see the README's "Precision") and gives that run's
+agreement with lm-evaluation-harness's float32 on
+the decision alone: the same chosen continuation, or the same generated text. For every choice
+item whose bf16 decision differs it prints lm-evaluation-harness's float32 gap between its two
+best choices, to tell near-ties from real disagreements.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def test_throughput_vs_lm_eval(benchmark, name, lm, harness, data_dir):
     tokens += sum(len(tokenizer(r.prefix + r.context).input_ids) + len(tokenizer(t).input_ids)
                   for r, t in zip(generations, texts))
 
-    mixed = AbilityRunner(lm, eval_dtype="bfloat16")
+    mixed = AbilityRunner(lm, eval_dtype="bfloat16")  # the default precisions
 
     def ours_bf16():
         with mixed.precision():
@@ -125,17 +128,23 @@ def test_throughput_vs_lm_eval(benchmark, name, lm, harness, data_dir):
 
     bf16_s, (scores_bf16, texts_bf16) = _best_of(ROUNDS, ours_bf16)
 
-    def agreement_with_harness(scores, texts, decision_only: bool) -> float:
-        cursor, agree = 0, []
+    def agreement_with_harness(scores, texts, decision_only: bool) -> tuple[float, list[float]]:
+        """The share of items that agree, and lm-evaluation-harness's gap between its two best
+        choices (nats) on each choice item that does not."""
+        cursor, agree, flipped_gaps = 0, [], []
         for request, score in zip(choices, scores):
             theirs = flat[cursor:cursor + len(request.continuations)]
             cursor += len(request.continuations)
             agree.append(_agree(score, theirs, request, runner, decision_only=decision_only))
+            if not agree[-1] and len(theirs) > 1:
+                best, second = sorted((lp for lp, _ in theirs), reverse=True)[:2]
+                flipped_gaps.append(best - second)
         agree += [_agree(a, b, r, runner) for r, a, b in zip(generations, texts, their_texts)]
-        return sum(agree) / len(agree)
+        return sum(agree) / len(agree), flipped_gaps
 
-    agreement = agreement_with_harness(scores, texts, decision_only=False)
-    agreement_bf16 = agreement_with_harness(scores_bf16, texts_bf16, decision_only=True)
+    agreement, _ = agreement_with_harness(scores, texts, decision_only=False)
+    agreement_bf16, flipped_gaps = agreement_with_harness(scores_bf16, texts_bf16,
+                                                          decision_only=True)
     items = len(run.items)
     benchmark.extra_info.update({
         "items": items, "tokens": tokens, "editgate_s": ours_s, "lm_eval_s": lm_s,
@@ -143,8 +152,10 @@ def test_throughput_vs_lm_eval(benchmark, name, lm, harness, data_dir):
         "editgate_tokens_per_s": tokens / ours_s, "lm_eval_tokens_per_s": tokens / lm_s,
         "speedup": lm_s / ours_s, "agreement": agreement, "dtype": str(lm.dtype),
         "editgate_bf16_s": bf16_s, "speedup_bf16": lm_s / bf16_s,
-        "decision_agreement_bf16": agreement_bf16})
+        "decision_agreement_bf16": agreement_bf16, "bf16_flipped_gaps": flipped_gaps})
     print(f"\n| {name} | {items} | {tokens} | {items / ours_s:.2f} | {tokens / ours_s:.0f} | "
           f"{items / lm_s:.2f} | {tokens / lm_s:.0f} | {lm_s / ours_s:.2f}x | {agreement:.3f} | "
-          f"{items / bf16_s:.2f} | {lm_s / bf16_s:.2f}x | {agreement_bf16:.3f} |")
+          f"{items / bf16_s:.2f} | {lm_s / bf16_s:.2f}x | {agreement_bf16:.3f} |"
+          + (f" bf16 flips at fp32 gaps {', '.join(f'{g:.3f}' for g in flipped_gaps)}"
+             if flipped_gaps else ""))
     assert agreement >= 0.99, f"{name}: per-item agreement with lm-evaluation-harness {agreement:.3f}"

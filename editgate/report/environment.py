@@ -108,6 +108,7 @@ def capture(settings: Any, *, rootdir: Path, editors: Iterable[str], abilities: 
         model=str(settings.model), profile=str(profile), model_fingerprint=model_fingerprint,
         limit=settings.limit, device=device or str(settings.device), dtype=str(settings.dtype),
         eval_dtype=str(getattr(settings, "eval_dtype", settings.dtype)),
+        generation_dtype=str(getattr(settings, "generation_dtype", settings.dtype)),
         seed=int(settings.seed), edit_source=str(settings.edit_source),
         data_dir=str(settings.data_dir), git_commit=commit, git_dirty=dirty, git_branch=branch,
         python=sys.version.split()[0], platform=platform.platform(), hostname=socket.gethostname(),

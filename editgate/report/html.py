@@ -324,7 +324,8 @@ def environment_table(report: RunReport) -> str:
     commit = (env.git_commit or "—") + (" (uncommitted changes)" if env.git_dirty else "")
     pairs = [("model", env.model), ("model fingerprint", env.model_fingerprint or "—"),
              ("profile", env.profile), ("items per ability", str(env.limit or "profile default")),
-             ("device / dtype / eval", f"{env.device} / {env.dtype} / {env.eval_dtype}"),
+             ("device / dtype / eval / generation",
+              f"{env.device} / {env.dtype} / {env.eval_dtype} / {env.generation_dtype}"),
              ("seed", str(env.seed)),
              ("edit source", env.edit_source), ("data dir", env.data_dir),
              ("git commit", commit), ("branch", env.git_branch or "—"),

@@ -69,6 +69,7 @@ class Environment:
     device: str = "auto"
     dtype: str = "float32"
     eval_dtype: str = "float32"  # precision of the scoring forwards
+    generation_dtype: str = "float32"  # precision of greedy generation's forwards
     seed: int = 0
     edit_source: str = "counterfact"
     data_dir: str = ""
