@@ -637,7 +637,8 @@ class AbilityRunner:
         """Fixed batches for sliding-window models, where padding must not enter the window."""
         body = {i: len(b) for i, b in bodies.items()}
         span = {i: len(bodies[i]) + requests[i].max_new_tokens for i in order}
-        # A generation batch decodes step by step: fewer batches first, then less padding.
+        # A generation batch decodes step by step, so each is charged a whole token budget:
+        # the split keeps batches few and only then trims padding.
         for batch in self._batches(order, span, self.generation_batch_size, body, span,
                                    len(prefix_ids), overhead=self.max_batch_tokens):
             hidden, cache, mask = self._prefill([bodies[i] for i in batch], prefix_ids,
