@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from editgate.editors.base import EditContext
 
 from editgate.edit_success import edit_success, success_rate
+from editgate.editors.base import EditContext
 from editgate.edits import load_edit_requests
 from editgate.registry import EDITORS
 

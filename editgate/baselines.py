@@ -1,34 +1,63 @@
-"""Golden baselines: the unedited model's aggregate scores, committed per model, profile and
-precision.
+"""Golden baselines: the unedited model's scores, committed per model and profile, in float32.
 
-``ability_tests/baselines/<model>/<profile>-<precision>.json`` (precision: the dtype the scoring
-forwards run in, e.g. ``quick-bfloat16.json``) is human-readable and diffed in review, like
-pytest-regressions' golden files. Every run checks the unedited model against it;
-``--update-baselines`` rewrites the entries of the abilities that ran.
+``<baselines dir>/<model>/<profile>-<precision>.json`` (default dir ``ability_tests/baselines``,
+``--baselines-dir`` or ini ``editgate_baselines_dir`` to keep a plugin's goldens beside its own
+tests) is human-readable and diffed in review, like pytest-regressions' golden files. For each
+ability it holds the item count, the data and request digests, every metric's mean and 95 % CI,
+and every item's prediction. ``--update-baselines`` rewrites the entries of the abilities that ran.
+
+Why float32, whatever ``--eval-dtype`` the gates use: goldens must hold on any machine, and
+``benchmarks/kernel_variation.py`` measured that bf16 scores do not. Across AVX-512 with and
+without bf16 instructions, AVX2 and one thread, float32 changed no prediction of any quick item
+and no metric mean by more than 3e-5; bf16 flipped up to 2 of 50 items of an ability and moved
+means by up to 0.04. A tolerance wide enough for bf16 would hide a real change of two items, so
+the goldens are scored in float32 and checked exactly on predictions, to :data:`MEAN_TOLERANCE`
+on means: one item's changed float32 prediction fails the check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from editgate.abilities.base import ItemResult
 from editgate.cache import atomic_write_text, cache_key, cache_root, file_lock
 from editgate.gate import aggregate, aggregate_ci
 
-# Scores are deterministic on one machine; across BLAS builds log-probs move by ~1e-5.
-MATCH_TOLERANCE = 1e-3
+if TYPE_CHECKING:
+    from editgate.session import EditgateSession
+
+GOLDEN_FORMAT = 2
+# Float32 means moved by at most 3e-5 across the CPU kernels measured: 30x headroom.
+MEAN_TOLERANCE = 1e-3
+# Predictions longer than this are stored as a digest (generated summaries, NER lists).
+SHORT_PREDICTION = 48
 
 
-def golden_path(root: Path, model: str, profile: str, precision: str) -> Path:
-    safe = model.replace("/", "__")
-    return root / "ability_tests" / "baselines" / safe / f"{profile}-{precision}.json"
+def golden_precision(weights: torch.dtype) -> str:
+    """float32 for float32 weights; a model loaded in bf16/fp16 has no float32 forward."""
+    return str(weights).removeprefix("torch.")
 
 
-def summarize(plugin, ability: str) -> dict[str, Any]:
-    session = plugin.session
-    run = session.ability_run(ability)
-    results = session.baseline(ability)
+def golden_path(directory: Path, model: str, profile: str, precision: str) -> Path:
+    return directory / model.replace("/", "__") / f"{profile}-{precision}.json"
+
+
+def _prediction(text: str) -> str:
+    if len(text) <= SHORT_PREDICTION:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def summarize(run: Any, results: Sequence[ItemResult], requests_digest: str | None,
+              ) -> dict[str, Any]:
+    """The golden entry of one ability: what was scored, every metric's mean and CI, and every
+    item's prediction (``run`` is an :class:`editgate.evaluate.AbilityRun`)."""
     metrics = {}
     for metric in run.ability.active_metrics(run.generation):
         low, high = aggregate_ci(results, metric.name)
@@ -41,36 +70,37 @@ def summarize(plugin, ability: str) -> dict[str, Any]:
     return {
         "items": len(results),
         "data_sha256": run.data_fingerprint,
+        "requests_sha256": requests_digest,
         "prompt": run.style.key(),
         "metrics": metrics,
+        "predictions": {r.item_id: _prediction(r.prediction) for r in results},
     }
 
 
-def check_or_update(plugin, ability: str) -> list[str]:
-    """Compare ``ability``'s baseline with the golden file; returns the mismatches (or updates)."""
-    settings = plugin.settings
-    current = summarize(plugin, ability)
-    # The precision the runner actually scored in (it resolves --eval-dtype against the weights).
-    precision = plugin.session.runner.eval_dtype
-    path = golden_path(Path(plugin.config.rootpath), settings.model, settings.profile.name,
-                       precision)
-    if plugin.update_baselines:
-        # The lock lives in the cache, not beside the committed file.
-        with file_lock(cache_root() / "locks" / cache_key(golden=str(path.resolve()))):
-            golden = json.loads(path.read_text()) if path.exists() else {}
-            golden.update({"model": settings.model, "profile": settings.profile.name,
-                           "precision": precision})
-            golden.setdefault("abilities", {})[ability] = current
-            golden["abilities"] = dict(sorted(golden["abilities"].items()))
-            atomic_write_text(path, json.dumps(golden, indent=2) + "\n")
-        return []
+def update(path: Path, header: dict[str, str], ability: str, entry: dict[str, Any]) -> None:
+    """Write ``entry`` for ``ability`` into the golden file (other abilities kept), atomically."""
+    # The lock lives in the cache, not beside the committed file.
+    with file_lock(cache_root() / "locks" / cache_key(golden=str(path.resolve()))):
+        golden = json.loads(path.read_text()) if path.exists() else {}
+        golden.update(header, format=GOLDEN_FORMAT)
+        golden.setdefault("abilities", {})[ability] = entry
+        golden["abilities"] = dict(sorted(golden["abilities"].items()))
+        atomic_write_text(path, json.dumps(golden, indent=2) + "\n")
+
+
+def check(path: Path, ability: str, current: dict[str, Any]) -> list[str]:
+    """Differences between ``current`` and the golden entry of ``ability`` (empty: it matches)."""
+    fix = "regenerate with --update-baselines and review the diff"
     if not path.exists():
         return [f"no golden baseline file {path}; create it with --update-baselines"]
-    golden = json.loads(path.read_text()).get("abilities", {}).get(ability)
+    golden_file = json.loads(path.read_text())
+    if golden_file.get("format") != GOLDEN_FORMAT:
+        return [f"{path} is in an older format; {fix}"]
+    golden = golden_file.get("abilities", {}).get(ability)
     if golden is None:
         return [f"{path} has no entry for {ability!r}; add it with --update-baselines"]
     problems = []
-    for key in ("items", "data_sha256", "prompt"):
+    for key in ("items", "data_sha256", "requests_sha256", "prompt"):
         if golden.get(key) != current[key]:
             problems.append(f"{ability}: {key} changed: golden {golden.get(key)!r}, "
                             f"now {current[key]!r}")
@@ -78,7 +108,42 @@ def check_or_update(plugin, ability: str) -> list[str]:
         expected = golden.get("metrics", {}).get(metric, {}).get("mean")
         if expected is None:
             problems.append(f"{ability}.{metric}: missing from the golden file")
-        elif abs(expected - entry["mean"]) > MATCH_TOLERANCE:
+        elif abs(expected - entry["mean"]) > MEAN_TOLERANCE:
             problems.append(f"{ability}.{metric}: golden {expected:.6f}, now {entry['mean']:.6f} "
-                            f"(|Δ| > {MATCH_TOLERANCE})")
+                            f"(|Δ| > {MEAN_TOLERANCE})")
+    before, after = golden.get("predictions", {}), current["predictions"]
+    changed = [i for i in after if i in before and before[i] != after[i]]
+    if changed:
+        shown = ", ".join(f"{i}: {before[i]!r} → {after[i]!r}" for i in changed[:5])
+        more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
+        problems.append(f"{ability}: {len(changed)} item prediction(s) changed: {shown}{more}")
+    if problems:
+        problems.append(f"if the change is intended, {fix}")
     return problems
+
+
+class GoldenBaselines:
+    """The golden check of one run: scores the unedited model in the golden precision and
+    compares it with (or, with ``update``, writes it to) the golden file under ``directory``."""
+
+    def __init__(self, session: EditgateSession, directory: Path, update: bool) -> None:
+        self.session, self.directory, self.update = session, directory, update
+
+    @property
+    def path(self) -> Path:
+        settings = self.session.settings
+        return golden_path(self.directory, settings.model, settings.profile.name,
+                           self.session.golden_runner.eval_dtype)
+
+    def verify(self, ability: str) -> tuple[dict[str, Any], list[str]]:
+        """(the ability's golden entry as scored now, its differences from the golden file)."""
+        session = self.session
+        run = session.ability_run(ability)
+        current = summarize(run, session.golden_results(ability),
+                            run.requests_digest(session.lm))
+        if self.update:
+            update(self.path, {"model": session.settings.model,
+                               "profile": session.settings.profile.name,
+                               "precision": session.golden_runner.eval_dtype}, ability, current)
+            return current, []
+        return current, check(self.path, ability, current)

@@ -38,3 +38,7 @@ class ModelLoadError(EditgateError):
 
 class EditFailure(EditgateError):
     """An editor produced an unusable delta (e.g. non-finite weights). A failed gate, not a crash."""
+
+
+class KernelUnavailable(ConfigError):
+    """This machine has no kernel for the asked precision (e.g. bf16 attention on some CPUs)."""

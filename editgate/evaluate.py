@@ -8,8 +8,11 @@ everything the scores depend on.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,10 @@ from editgate.abilities.base import Ability, Item, ItemResult, PromptStyle, Requ
 from editgate.cache import cache_key, cache_path, json_cache
 from editgate.data import load_dataset
 from editgate.errors import ConfigError
+from editgate.fingerprint import code_fingerprint
+from editgate.models import LoadedModel
 from editgate.registry import ABILITIES
-from editgate.runner import RUNNER_VERSION, AbilityRunner, Choices, Distributions, Generate
+from editgate.runner import AbilityRunner, Choices, Distributions, Generate
 
 
 @dataclass(frozen=True)
@@ -68,19 +73,49 @@ class AbilityRun:
     generation: bool
     data_fingerprint: str
     profile: str
+    # Requests digests per model fingerprint (building every prompt again for each key is slow).
+    _requests_digests: dict[str, str | None] = field(default_factory=dict, compare=False,
+                                                     repr=False)
 
     @property
     def name(self) -> str:
         return self.ability.name
 
     def key(self) -> dict[str, Any]:
-        """Everything the scores depend on, apart from the model weights."""
+        """Everything the scores depend on apart from the model, its weights and the kernels:
+        the items and prompt style, and the ability's code (its module and what it imports)."""
         return {
-            "ability": self.name, "version": getattr(self.ability, "version", "1"),
+            "ability": self.name, "code": code_fingerprint(type(self.ability)),
             "data": self.data_fingerprint, "items": [i.id for i in self.items],
             "shots": [s.id for s in self.shots], "style": self.style.key(),
-            "generation": self.generation, "runner": RUNNER_VERSION,
+            "generation": self.generation,
         }
+
+    def requests_digest(self, lm: LoadedModel) -> str | None:
+        """sha256 of the exact requests (prompt texts, continuations, stop strings, caps) every item
+        sends to the runner on ``lm``; None for an ability that builds no per-item requests."""
+        if lm.fingerprint not in self._requests_digests:
+            sha = hashlib.sha256()
+            try:
+                for item in self.items:
+                    requests = self.ability.requests(item, self.shots, self.style, lm,
+                                                     self.generation)
+                    sha.update(json.dumps({name: _request_fields(request) for name, request
+                                           in sorted(requests.items())}).encode())
+                digest: str | None = sha.hexdigest()
+            except NotImplementedError:  # an ability that overrides evaluate() instead
+                digest = None
+            self._requests_digests[lm.fingerprint] = digest
+        return self._requests_digests[lm.fingerprint]
+
+
+def _request_fields(request: Any) -> dict[str, Any]:
+    """A request's fields as JSON-able values; a callable (a Distributions reducer) by name."""
+    fields = {"kind": type(request).__name__}
+    for item in dataclasses.fields(request):
+        value = getattr(request, item.name)
+        fields[item.name] = (value.__qualname__ if callable(value) else value)
+    return fields
 
 
 def prepare(ability_name: str, data_dir: Path, model_name: str, profile: Profile,
@@ -128,9 +163,10 @@ def run_requests(run: AbilityRun, runner: AbilityRunner,
 
 
 def results_key(run: AbilityRun, runner: AbilityRunner, state: str) -> str:
-    """Cache key of ``run``'s results on the runner's model and precision in weight state
-    ``state`` ('base' or a delta chain)."""
-    return cache_key(run=run.key(), model=runner.fingerprint, state=state)
+    """Cache key of ``run``'s results on the runner's model, precision, kernels and code in weight
+    state ``state`` ('base' or a delta chain), with the exact texts of its requests."""
+    return cache_key(run=run.key(), requests=run.requests_digest(runner.lm),
+                     model=runner.fingerprint, state=state)
 
 
 def cached_evaluate(run: AbilityRun, runner: AbilityRunner, state: str,

@@ -17,6 +17,7 @@ tokenise a prompt (BOS or not, chat template or not) and where its MLP projectio
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Callable
@@ -148,6 +149,13 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+    @functools.cached_property
+    def environment(self) -> dict[str, str]:
+        """What selects the kernels this model's forwards run (part of every compute cache key)."""
+        from editgate.fingerprint import compute_environment
+
+        return compute_environment(self.device)
 
     @property
     def family(self) -> str:

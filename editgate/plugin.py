@@ -69,11 +69,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override one editor hyper-parameter (repeatable)")
     group.addoption("--update-baselines", action="store_true",
                     help="rewrite the golden baseline files instead of checking them")
+    group.addoption("--baselines-dir", help="folder of golden baseline files (default: ini "
+                    "editgate_baselines_dir, else <suite dir>/baselines)")
     group.addoption("--seed", type=int, default=0)
     parser.addini("editgate_model", "default model", default="smollm2-135m")
     parser.addini("editgate_data_dir", "task data folder (relative to rootdir)",
                   default="../shared/data")
     parser.addini("editgate_profile", "default profile", default="quick")
+    parser.addini("editgate_baselines_dir", "folder of golden baseline files, relative to "
+                  "rootdir (default: <editgate_suite_dir>/baselines)", default="")
     parser.addini("editgate_suite_dir", "folder name of gate suites (options are checked "
                   "before collection when a run includes it)", default="ability_tests")
 
@@ -123,7 +127,8 @@ class EditgatePlugin:
         self._ready = False
         self._session = None
         self.outcomes = RunOutcomes()
-        self.collected_abilities: list[str] = []
+        self.collected_abilities: list[str] = []  # gated: scored in the eval precision
+        self.golden_abilities: list[str] = []  # golden-checked: scored in float32
 
     def setup(self) -> None:
         """Resolve options on first use, so runs without gate tests never need data or models."""
@@ -196,6 +201,9 @@ class EditgatePlugin:
         tolerance_file = opt("--tolerances-file") or suite / "tolerances.toml"
         self.tolerances = Tolerances.load(Path(tolerance_file), opt("--tolerance"))
         self.update_baselines = bool(opt("--update-baselines"))
+        baselines_dir = opt("--baselines-dir") or config.getini("editgate_baselines_dir")
+        self.baselines_dir = (Path(config.rootpath) / baselines_dir if baselines_dir
+                              else suite / "baselines")
         self._validate_inputs()
 
     def _validate_inputs(self) -> None:
@@ -285,6 +293,7 @@ class EditgatePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         abilities: set[str] = set()
+        golden: set[str] = set()
         for item in items:
             params = getattr(item, "callspec", None)
             if params is None:
@@ -292,12 +301,28 @@ class EditgatePlugin:
             if "ability_metric" in params.params:
                 abilities.add(params.params["ability_metric"][0])
             if "baseline_ability" in params.params:
-                abilities.add(params.params["baseline_ability"])
+                golden.add(params.params["baseline_ability"])
             case = params.params.get("edited")
             if isinstance(case, EditCase):
                 # `--dist loadgroup` keeps one edit chain on one worker.
                 item.add_marker(pytest.mark.xdist_group(case.group))
         self.collected_abilities = sorted(abilities)
+        self.golden_abilities = sorted(golden)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """Model, profile, precisions and the kernels they run on: what a score depends on."""
+        if not hasattr(self, "settings"):
+            return []
+        from editgate.fingerprint import compute_environment
+        from editgate.models import resolve_device
+
+        s = self.settings
+        env = compute_environment(resolve_device(s.device))
+        kernels = (f"{env['device']} {env.get('cpu_capability', env.get('gpu', ''))}"
+                   f"{' (' + env['cpu_features'] + ')' if env.get('cpu_features') else ''}")
+        return [f"editgate: model {s.model} · profile {s.profile.name} · scoring {s.eval_dtype}, "
+                f"generation {s.generation_dtype}, goldens float32 · kernels {kernels}, "
+                f"{env['threads']} threads, torch {env['torch']}"]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Gather outcome records (from this process or from xdist workers)."""
@@ -317,6 +342,11 @@ class EditgatePlugin:
         render_summary(self.outcomes, self.settings, buffer, width=width,
                        color=terminalreporter.hasmarkup)
         terminalreporter.write(buffer.getvalue())
+        runner = getattr(self._session, "_runner", None)
+        if getattr(runner, "attention_fallback", None):
+            terminalreporter.write_line(
+                f"note: {runner.eval_dtype} attention has no flash kernel on this CPU; scored with "
+                f"SDPA's {runner.attention_fallback} backend (results keyed apart)", yellow=True)
         terminalreporter.write_line(resource_line())
 
 

@@ -39,6 +39,7 @@ from editgate.cache import atomic_write_text, cache_key
 from editgate.data import resolve_data_dir
 from editgate.delta import WeightDelta
 from editgate.evaluate import AbilityRun, cached_evaluate, get_profile, prepare
+from editgate.fingerprint import code_fingerprint
 from editgate.gate import Tolerances, bootstrap_ci, is_micro_f1
 from editgate.models import DTYPES, LoadedModel, load_model
 from editgate.registry import ABILITIES
@@ -67,7 +68,8 @@ def noise_delta(lm: LoadedModel, scale: float, seed: int = 0) -> WeightDelta:
 
 def noise_state_key(lm: LoadedModel, scale: float, seed: int) -> str:
     return "base" if scale == 0 else cache_key(kind="power-noise", model=lm.fingerprint,
-                                               scale=scale, seed=seed, version=1)
+                                               scale=scale, seed=seed,
+                                               code=code_fingerprint(noise_delta))
 
 
 def detection_rate(diffs: np.ndarray, size: int, tolerance: float, trials: int,

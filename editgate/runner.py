@@ -50,12 +50,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from editgate.cache import cache_key
+from editgate.errors import KernelUnavailable
+from editgate.fingerprint import code_fingerprint
 from editgate.models import DTYPES, LoadedModel
 
-RUNNER_VERSION = "5"  # part of every results-cache key: bump when scores could change
 # The precision of the suite's scoring forwards (README, "Precision"): bf16 autocast over float32
 # weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
 # SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
@@ -161,26 +163,32 @@ class AbilityRunner:
         params = inspect.signature(self.decoder.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._prefix_ids: dict[str, tuple[int, ...]] = {}
+        self.attention_fallback: str | None = None
+        if self.autocast_dtype is not None or lm.dtype != torch.float32:
+            self.attention_fallback = self._check_reduced_precision()
 
     # ------------------------------------------------------------------ helpers
 
     @property
     def fingerprint(self) -> str:
-        """The model's fingerprint, the precisions it is evaluated in and, when not the defaults,
-        the batch limits: part of results keys.
+        """Part of every results key: the model, the precisions it is evaluated in, the kernels
+        that run them (:func:`~editgate.fingerprint.compute_environment`), this runner's code and,
+        when not the defaults, the batch limits.
 
         Scores are deterministic but not batch-invariant: a row's matmuls round differently in
-        another batch shape (bf16 quick items, 32 rows / 4,096 tokens vs 8 / 1,024: margins moved
-        on 46 of 50 RTE items and near-ties flipped), so results from other limits never mix."""
-        parts: dict[str, Any] = {}
+        another batch shape, so results from other limits never mix."""
+        parts: dict[str, Any] = {"environment": self.lm.environment,
+                                 "code": code_fingerprint(AbilityRunner)}
         if self.autocast_dtype is not None:
             parts["autocast"] = self.eval_dtype
         if self.generation_dtype != self.eval_dtype:
             parts["generation"] = self.generation_dtype
+        if self.attention_fallback is not None:
+            parts["attention"] = self.attention_fallback
         limits = (self.max_batch_tokens, self.max_batch_size, self.generation_batch_size)
         if limits != DEFAULT_BATCH_LIMITS:
             parts["batch_limits"] = limits
-        return cache_key(model=self.lm.fingerprint, **parts) if parts else self.lm.fingerprint
+        return cache_key(model=self.lm.fingerprint, **parts)
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The context every forward of an evaluation runs in (autocast to ``eval_dtype``).
@@ -188,9 +196,46 @@ class AbilityRunner:
         Autocast re-casts each frozen weight at every forward: its cast cache keeps only weights
         that require grad. Caching them measured ≈ 4 % of generation CPU time, within noise, so
         the weights stay frozen."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.lm.device.type, dtype=self.autocast_dtype)
+        stack = contextlib.ExitStack()
+        if self.autocast_dtype is not None:
+            stack.enter_context(torch.autocast(self.lm.device.type, dtype=self.autocast_dtype))
+        if self.attention_fallback == "math":
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return stack
+
+    def _check_reduced_precision(self) -> str | None:
+        """Run a short batched forward and one decode step in ``eval_dtype``; return the
+        attention fallback it needed (None, or "math").
+
+        Not every CPU has every reduced-precision kernel: on an AMX machine with ATen capped at
+        AVX2, bf16 flash attention stops in ``pack_vnni2 is only supported when avx512 is
+        supported``. SDPA's math backend computes the same attention without that kernel, so the
+        run falls back to it (the summary and the report say so); where even that fails, the run stops
+        with one line naming ``--eval-dtype float32``."""
+        for fallback in (None, "math"):
+            self.attention_fallback = fallback
+            try:
+                with torch.no_grad(), self.precision():
+                    self._probe_forward()
+                return fallback
+            except (RuntimeError, NotImplementedError) as exc:
+                failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise KernelUnavailable(
+            f"{self.eval_dtype} scoring has no working kernel on this machine ({failure}); "
+            "run with --eval-dtype float32")
+
+    def _probe_forward(self) -> None:
+        """A left-padded two-row forward (long enough for blocked attention kernels) and a
+        one-token step on its cache: the shapes scoring and generation use."""
+        length = 160
+        ids = torch.full((2, length), self.pad_id if self.pad_id is not None else 0,
+                         dtype=torch.long, device=self.lm.device)
+        mask = torch.ones_like(ids)
+        mask[1, : length // 2] = 0
+        cache = DynamicCache(config=self.lm.config)
+        self._run(ids, mask, cache, 0)
+        mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+        self._run(ids[:, -1:], mask, cache, length)
 
     def generation_precision(self) -> contextlib.AbstractContextManager:
         """The context of generation's forwards, inside or outside :meth:`precision`."""

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 
 from editgate.abilities.base import ItemResult
-from editgate.cache import atomic_write, cache_key, cache_path, file_lock
+from editgate.baselines import golden_precision
+from editgate.cache import atomic_write, cache_path, file_lock
 from editgate.delta import AppliedDelta, WeightDelta
 from editgate.edit_success import edit_success, locality_reference
 from editgate.editors.base import EditContext, Editor
 from editgate.edits import EditRequest, load_edit_requests, read_edit_file
 from editgate.errors import DataError, EditFailure, EditgateError
 from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare, results_key
+from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
 from editgate.regimes import EditCase
 from editgate.registry import EDITORS
@@ -73,6 +75,8 @@ class EditgateSession:
         self.progress = progress
         self._lm: LoadedModel | None = None
         self._runner: AbilityRunner | None = None
+        self._golden_runner: AbilityRunner | None = None
+        self._golden: dict[str, list[ItemResult]] = {}
         self._runs: dict[str, AbilityRun] = {}
         self._baselines: dict[str, list[ItemResult]] = {}
         self._requests: list[EditRequest] | None = None
@@ -96,10 +100,24 @@ class EditgateSession:
 
     @property
     def runner(self) -> AbilityRunner:
+        """Scores every state the gates compare, in ``--eval-dtype``."""
         if self._runner is None:
             self._runner = AbilityRunner(self.lm, eval_dtype=self.settings.eval_dtype,
                                          generation_dtype=self.settings.generation_dtype)
         return self._runner
+
+    @property
+    def golden_runner(self) -> AbilityRunner:
+        """Scores the golden baselines: in float32 (or the weights' own precision), which
+        reproduces across CPU kernels where bf16 does not (README, "Reproducibility")."""
+        if self._golden_runner is None:
+            precision = golden_precision(self.lm.dtype)
+            if (self.runner.eval_dtype, self.runner.generation_dtype) == (precision, precision):
+                self._golden_runner = self.runner
+            else:
+                self._golden_runner = AbilityRunner(self.lm, eval_dtype=precision,
+                                                    generation_dtype=precision)
+        return self._golden_runner
 
     def ability_run(self, name: str) -> AbilityRun:
         if name not in self._runs:
@@ -122,10 +140,29 @@ class EditgateSession:
             self.timings[f"baseline.{ability}_s"] = time.perf_counter() - start
         return self._baselines[ability]
 
-    def ensure_baselines(self, abilities: list[str], max_edits: int = 0) -> None:
-        """Everything that needs the unedited weights: ability baselines, zsRE locality tokens."""
+    def golden_results(self, ability: str) -> list[ItemResult]:
+        """Per-item results of the unedited model in the golden precision (see golden_runner)."""
+        if self.golden_runner is self.runner:
+            return self.baseline(ability)
+        if ability not in self._golden:
+            if self._applied:
+                raise RuntimeError("golden baseline requested while the model is edited; call "
+                                   "ensure_baselines() before editing")
+            run = self.ability_run(ability)
+            start = time.perf_counter()
+            advance = self.progress(f"golden · {ability}", len(run.items))
+            self._golden[ability] = cached_evaluate(run, self.golden_runner, "base", advance)
+            self.timings[f"golden.{ability}_s"] = time.perf_counter() - start
+        return self._golden[ability]
+
+    def ensure_baselines(self, abilities: list[str], max_edits: int = 0,
+                         golden: list[str] = ()) -> None:
+        """Everything that needs the unedited weights: ability baselines, the golden baselines of
+        ``golden``, zsRE locality tokens."""
         for ability in abilities:
             self.baseline(ability)
+        for ability in golden:
+            self.golden_results(ability)
         if self.settings.edit_source == "zsre" and max_edits and self._locality is None:
             if self._applied:
                 raise RuntimeError("locality reference requested while the model is edited")
@@ -149,9 +186,9 @@ class EditgateSession:
 
     def _delta_path(self, editor: Editor, hparams: Any, chain: list[list[EditRequest]],
                     batch_size: int) -> tuple[Path, str]:
-        key = cache_key(
-            model=self.lm.fingerprint, editor=editor.name, version=editor.version,
-            hparams=dataclasses.asdict(hparams), seed=self.settings.seed, batch=batch_size,
+        key = compute_key(
+            self.lm, type(editor), editor=editor.name, hparams=dataclasses.asdict(hparams),
+            seed=self.settings.seed, batch=batch_size,
             chain=[[dataclasses.astuple(r) for r in step] for step in chain],
         )
         return cache_path("deltas", key, ".safetensors"), key

@@ -38,9 +38,9 @@ from safetensors.torch import load_file, save_file
 from editgate.cache import atomic_write, cache_key, cache_path, file_lock, file_sha256
 from editgate.data import Field, read_jsonl
 from editgate.errors import DataError
+from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
 
-STATS_VERSION = "3"
 CORPUS_FILES = (
     "wikitext2_valid_tokens.jsonl",
     "lambada_test_heldout_2000_5152.jsonl",
@@ -89,15 +89,15 @@ def second_moments(lm: LoadedModel, layers: Sequence[int], data_dir: Path, *,
                    ) -> dict[int, torch.Tensor]:
     """C_l = E[k kᵀ] (float64, [d_in, d_in]) for each layer, computed once and cached."""
     texts, corpus_hash = corpus_texts(data_dir)
-    common = dict(v=STATS_VERSION, model=lm.fingerprint, module=lm.layout.mlp_out,
-                  corpus=corpus_hash, tokens=n_tokens, window=window, dtype=str(lm.dtype),
-                  autocast_bf16=autocast_bf16)
-    paths = {layer: cache_path("stats", cache_key(layer=layer, **common), ".safetensors")
+    common = dict(module=lm.layout.mlp_out, corpus=corpus_hash, tokens=n_tokens, window=window,
+                  dtype=str(lm.dtype), autocast_bf16=autocast_bf16)
+    paths = {layer: cache_path("stats", compute_key(lm, second_moments, layer=layer, **common),
+                               ".safetensors")
              for layer in layers}
     result = {layer: m for layer, path in paths.items() if (m := _load(path)) is not None}
     if len(result) == len(paths):
         return result
-    with file_lock(cache_path("stats", cache_key(**common), ".pass")):
+    with file_lock(cache_path("stats", compute_key(lm, second_moments, **common), ".pass")):
         missing = [layer for layer in paths if layer not in result]
         result.update({layer: m for layer in missing if (m := _load(paths[layer])) is not None})
         still = [layer for layer in missing if layer not in result]

@@ -40,13 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from editgate.editors.base import EditContext, Editor
-from editgate.editors.memit import memit_layers, spread_over_layers
 from safetensors.torch import load_file, save_file
 
 from editgate.cache import cache_key, cache_path, get_or_compute, tensors_digest
 from editgate.delta import WeightDelta
+from editgate.editors.base import EditContext, Editor
+from editgate.editors.memit import memit_layers, spread_over_layers
 from editgate.edits import EditRequest
+from editgate.fingerprint import code_fingerprint, compute_environment
 from editgate.models import LoadedModel
 from editgate.stats import second_moments
 
@@ -117,7 +118,9 @@ def null_space_update(keys: torch.Tensor, residual: torch.Tensor, projection: to
 def null_space_projection(moment: torch.Tensor, threshold: float) -> torch.Tensor:
     """P = Û Ûᵀ over the eigenvectors of C with eigenvalue < threshold · max (float32, cached)."""
     path = cache_path("projections", cache_key(
-        moment=tensors_digest({"moment": moment}), threshold=threshold), ".safetensors")
+        moment=tensors_digest({"moment": moment}), threshold=threshold,
+        code=code_fingerprint(null_space_projection), environment=compute_environment("cpu")),
+        ".safetensors")
 
     def compute() -> torch.Tensor:
         values, vectors = torch.linalg.eigh(moment.double().cpu())

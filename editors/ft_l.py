@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from editgate.editors.base import Batch, EditContext, Editor, depth_scaled_layer, weight_out_in
 
 from editgate.delta import WeightDelta, linear_update
+from editgate.editors.base import Batch, EditContext, Editor, depth_scaled_layer, weight_out_in
 from editgate.edits import EditRequest
 from editgate.models import LoadedModel
 

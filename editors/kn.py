@@ -45,10 +45,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from editgate.editors.base import EditContext, Editor, capture_mlp_io, weight_out_in
-from editgate.editors.rome import context_templates
 
 from editgate.delta import WeightDelta, lowrank_update
+from editgate.editors.base import EditContext, Editor, capture_mlp_io, weight_out_in
+from editgate.editors.rome import context_templates
 from editgate.edits import EditRequest
 from editgate.models import LoadedModel
 

@@ -55,6 +55,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from editgate.cache import cache_path, get_or_compute
+from editgate.delta import LowRank, WeightDelta, lowrank_update
 from editgate.editors.base import (
     EditContext,
     Editor,
@@ -64,11 +68,8 @@ from editgate.editors.base import (
     module_output_at,
 )
 from editgate.editors.rome import compute_value, context_templates
-from safetensors.torch import load_file, save_file
-
-from editgate.cache import cache_key, cache_path, get_or_compute
-from editgate.delta import LowRank, WeightDelta, lowrank_update
 from editgate.edits import EditRequest
+from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
 from editgate.stats import second_moments
 
@@ -146,7 +147,7 @@ def request_targets(ctx: EditContext, requests: Sequence[EditRequest], hp: Any,
         compute = lambda: {"z": compute_value(lm, request, prompts, hp, module)}
         if not ctx.weights_key:
             return compute()["z"]
-        key = cache_key(weights=ctx.weights_key, module=module, prompts=prompts,
+        key = compute_key(lm, compute_value, weights=ctx.weights_key, module=module, prompts=prompts,
                         subject=request.subject, target=request.target_new,
                         settings={name: getattr(hp, name) for name in TARGET_SETTINGS})
         return get_or_compute(cache_path("targets", key, ".safetensors"), compute,

@@ -46,18 +46,17 @@ from pathlib import Path
 import tomllib
 import torch
 import torch.nn.functional as F
-from editgate.editors.base import HPARAMS_DIR, Batch, EditContext, Editor, weight_out_in
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from editgate.cache import cache_key, cache_path, get_or_compute
+from editgate.cache import cache_path, get_or_compute
 from editgate.delta import WeightDelta, lowrank_update
+from editgate.editors.base import HPARAMS_DIR, Batch, EditContext, Editor, weight_out_in
 from editgate.edits import COUNTERFACT, EditRequest, _counterfact_request
 from editgate.errors import ConfigError, DataError
+from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
-
-MEND_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -292,8 +291,8 @@ def trained_network(lm: LoadedModel, layers: Sequence[int], config_name: str, da
     from editgate.cache import file_sha256
 
     data_hash = file_sha256(data_dir / "counterfact" / "counterfact-train.jsonl")
-    path = cache_path("mend", cache_key(v=MEND_VERSION, model=lm.fingerprint, layers=list(layers),
-                                        config=dataclasses.asdict(config), data=data_hash),
+    path = cache_path("mend", compute_key(lm, trained_network, layers=list(layers),
+                                          config=dataclasses.asdict(config), data=data_hash),
                       ".safetensors")
     shapes = {layer: tuple(weight_out_in(lm, layer).shape) for layer in layers}
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from editgate.editors.base import EditContext, Editor
-
 from editgate.delta import WeightDelta
+from editgate.editors.base import EditContext, Editor
 from editgate.edits import EditRequest
 
 

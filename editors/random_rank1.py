@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from editgate.editors.base import EditContext, Editor, weight_out_in
-from editgate.editors.rome import ROME
 
 from editgate.delta import WeightDelta, lowrank_update
+from editgate.editors.base import EditContext, Editor, weight_out_in
+from editgate.editors.rome import ROME
 from editgate.edits import EditRequest
 
 

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+
+from editgate.delta import WeightDelta
 from editgate.editors.base import EditContext, Editor
 from editgate.editors.memit import MEMIT
 from editgate.editors.rome import ROME
-
-from editgate.delta import WeightDelta
 from editgate.edits import EditRequest
 from editgate.models import LoadedModel
 

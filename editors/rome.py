@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from editgate.cache import cache_path, json_cache
+from editgate.delta import WeightDelta, lowrank_update
 from editgate.editors.base import (
     Batch,
     EditContext,
@@ -48,10 +51,8 @@ from editgate.editors.base import (
     subject_last_token,
     weight_out_in,
 )
-
-from editgate.cache import cache_key, cache_path, json_cache
-from editgate.delta import WeightDelta, lowrank_update
 from editgate.edits import EditRequest
+from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
 from editgate.stats import second_moments
 
@@ -128,8 +129,8 @@ def context_templates(lm: LoadedModel, count: int, length: int, seed: int) -> li
     """
     if count == 0:
         return ["{}"]
-    path = cache_path("context-templates", cache_key(
-        model=lm.fingerprint, count=count, length=length, seed=seed), ".json")
+    path = cache_path("context-templates", compute_key(
+        lm, _sample_prefixes, count=count, length=length, seed=seed), ".json")
     return json_cache(path, lambda: ["{}", *_sample_prefixes(lm, count, length, seed)])
 
 

@@ -13,14 +13,14 @@ import dataclasses
 
 import pytest
 import torch
-from editgate.editors.alphaedit import STATE_KEY, null_space_projection, null_space_update
-from editgate.editors.base import EditContext
-from editgate.editors.memit import invert_post_norm, least_squares_update, norm_gain
-from editgate.editors.rect import rect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from editgate.delta import LowRank, WeightDelta
+from editgate.editors.alphaedit import STATE_KEY, null_space_projection, null_space_update
+from editgate.editors.base import EditContext
+from editgate.editors.memit import invert_post_norm, least_squares_update, norm_gain
+from editgate.editors.rect import rect
 from editgate.edits import EditRequest
 from editgate.models import weights_digest
 from editgate.registry import EDITORS

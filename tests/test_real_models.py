@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from editgate.editors.base import EditContext
 
 from editgate.cache import cache_key, cache_path, get_or_compute
 from editgate.delta import WeightDelta
 from editgate.edit_success import edit_success, success_rate
+from editgate.editors.base import EditContext
 from editgate.edits import load_edit_requests
 from editgate.models import weights_digest
 from editgate.registry import EDITORS
@@ -43,9 +43,8 @@ EFFICACY = {  # editor → (requests per call, hparam overrides)
 
 def _source_digest() -> str:
     """Digest of every file an edit depends on: a code change invalidates the cached deltas."""
-    import editgate.editors
-
     import editgate
+    import editgate.editors
 
     files = sorted(Path(editgate.editors.__file__).parent.rglob("*.py")) + sorted(
         Path(editgate.editors.__file__).parent.rglob("*.toml"))

@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from editgate.editors.base import Editor
 from report_data import synthetic_records
 
+from editgate.editors.base import Editor
 from editgate.registry import EDITORS
 from editgate.report.history import History
 from editgate.report.schema import load_run

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from editgate.editors.base import EditContext, mlp_keys, weight_out_in
-from editgate.editors.rome import ROME, rank_one_update
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from editgate.editors.base import EditContext, mlp_keys, weight_out_in
+from editgate.editors.rome import ROME, rank_one_update
 from editgate.edits import EditRequest
 from editgate.models import weights_digest
 

@@ -75,10 +75,9 @@ def test_distributions_reach_reduce_as_they_are_made(tiny):
 
 
 def test_batch_limits_are_part_of_the_fingerprint(tiny):
-    """Other batch shapes round differently, so their results get their own cache keys; the
-    defaults keep the plain keys (caches from before stay valid)."""
+    """Other batch shapes round differently, so their results get their own cache keys."""
     default, small = AbilityRunner(tiny), AbilityRunner(tiny, max_batch_size=8)
-    assert default.fingerprint == tiny.fingerprint != small.fingerprint
+    assert default.fingerprint == AbilityRunner(tiny).fingerprint != small.fingerprint
     assert (AbilityRunner(tiny, eval_dtype="bfloat16").fingerprint
             != AbilityRunner(tiny, eval_dtype="bfloat16", max_batch_tokens=1024).fingerprint)
 
@@ -155,7 +154,7 @@ def test_bf16_evaluation_keeps_float32_weights_and_head(tiny):
 
     exact, mixed = AbilityRunner(tiny), AbilityRunner(tiny, eval_dtype="bfloat16")
     assert (exact.eval_dtype, mixed.eval_dtype) == ("float32", "bfloat16")
-    assert exact.fingerprint == tiny.fingerprint != mixed.fingerprint
+    assert exact.fingerprint == AbilityRunner(tiny).fingerprint != mixed.fingerprint
     requests = [Choices("The capital of France is", (" Paris", " Lyon")),
                 Choices("Review: a charming journey. Sentiment:", (" positive", " negative"))]
     before = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
@@ -204,7 +203,7 @@ def test_bf16_weights_need_no_autocast():
     lm.model.to(torch.bfloat16)
     runner = AbilityRunner(lm, eval_dtype="bfloat16")
     assert runner.autocast_dtype is None and runner.eval_dtype == "bfloat16"
-    assert runner.fingerprint == lm.fingerprint
+    assert runner.fingerprint == AbilityRunner(lm).fingerprint  # as if asked for its own dtype
 
 
 def test_unknown_eval_dtype_is_an_error(tiny):
