@@ -179,9 +179,17 @@ def render_comparison(comparison: Comparison, out: IO[str], *, width: int = 120,
     regressed = len(comparison.regressions)
     verdict = (f"[bold red]{regressed} regression{'s' * (regressed != 1)}[/]" if regressed
                else "[green]no regression[/]")
+    by_kernels = sum(c.verdict == "environment" for c in comparison.changes)
     console.print(f"{head}: {verdict}, {len(comparison.improvements)} improved, "
-                  f"{moved} moved within tolerance, {comparison.unchanged} identical")
-    style = {"regressed": "bold red", "improved": "green"}
+                  + (f"{by_kernels} moved with the environment, " if by_kernels else "")
+                  + f"{moved} moved within tolerance, {comparison.unchanged} identical")
+    if comparison.environment_changed:
+        cause = ("only the environment differs: verdicts that moved are marked 'environment'"
+                 if comparison.environment_only else
+                 "the code or inputs changed too: moved verdicts may owe to either")
+        console.print(f"  [yellow]environment changed[/] ({'; '.join(comparison.environment_changed)})"
+                      f" — {cause}", overflow="fold")
+    style = {"regressed": "bold red", "improved": "green", "environment": "yellow"}
     for change in shown[:MAX_CHANGE_LINES]:
         values = ""
         if change.before is not None or change.after is not None:

@@ -153,6 +153,30 @@ def test_comparison_finds_regressions_and_a_shrunk_budget(tmp_path):
     assert "regressed" in text and "rome/sequential-10 ≥10 → 1" in text and "session fails" in text
 
 
+def test_a_change_of_kernels_alone_is_not_a_regression(tmp_path):
+    """Same code and inputs on another CPU: moved verdicts are the environment's, not the
+    editor's; with the editor's code changed too, they are regressions again."""
+    before = synthetic_report(tmp_path / "a", damage_scale=0.0)
+    after = synthetic_report(tmp_path / "b", damage_scale=1.0, run_id="20250102T000000Z-bbbbbb")
+    for report, capability in ((before, "AVX512"), (after, "AVX2")):
+        report.environment.compute = {"device": "cpu", "cpu_capability": capability}
+        for info in [*report.environment.editors.values(), *report.environment.abilities.values()]:
+            info.code = "same-code"
+    comparison = compare(after, before)
+    assert comparison.environment_only
+    assert comparison.environment_changed == ["cpu_capability AVX512 → AVX2"]
+    assert not comparison.regressions
+    assert ("gate", "rome-sequential-10/sentiment.accuracy") in {
+        (c.kind, c.key) for c in comparison.changes if c.verdict == "environment"}
+    out = io.StringIO()
+    render_comparison(comparison, out, color=False)
+    assert "moved with the environment" in out.getvalue()
+    assert "only the environment differs" in out.getvalue()
+    after.environment.editors["rome"].code = "new-code"
+    mixed = compare(after, before)
+    assert not mixed.environment_only and mixed.regressions
+
+
 def test_a_wide_regression_tolerance_forgives_drift_but_not_failures(tmp_path):
     before = synthetic_report(tmp_path / "a", damage_scale=0.9)
     after = synthetic_report(tmp_path / "b", damage_scale=1.0)

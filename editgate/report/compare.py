@@ -8,6 +8,13 @@ unedited baseline, so a moved baseline does not pass for a moved edit):
 * **improved** — the reverse;
 * **moved** — Δ changed, but within the tolerance (listed in the HTML report only).
 
+When only the environment differs — the kernels or precision (CPU capability, instruction sets,
+device, torch version, ``--eval-dtype``), with the same model, data, editor and ability code,
+hyper-parameters and tolerances — a verdict that moved is reported as **environment**, not as a
+regression or improvement of the editor: bf16 scores differ between CPUs (README,
+"Reproducibility"). When the code changed too, the two cannot be told apart and the usual
+verdicts stand, with the environment change listed beside them.
+
 Edit-success rates are compared the same way (pass → fail, or a drop beyond the tolerance; by
 default 0.1, one probe in ten). An edit budget that shrank is a regression; a case whose edit now
 fails is a regression. Cases that appear or disappear, a moved unedited baseline, and environment
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from editgate.report.schema import Change, Comparison, RunReport
+from editgate.report.schema import Change, Comparison, Environment, RunReport
 
 SUCCESS_TOLERANCE = 0.1
 EPSILON = 1e-9
@@ -52,6 +59,9 @@ def compare(current: RunReport, base: RunReport, tolerance: float | None = None)
              "; pass → fail; budget shrank; edit now fails")
     result = Comparison(base_run=base.run_id, base_created=base.created,
                         base_commit=base.environment.git_commit, rule=rule)
+    result.environment_changed = kernel_changes(base.environment, current.environment)
+    result.environment_only = bool(result.environment_changed) and not inputs_changed(
+        base.environment, current.environment)
     changes, unchanged = result.changes, 0
 
     old_cases = {c.id: c for c in base.cases}
@@ -81,9 +91,12 @@ def compare(current: RunReport, base: RunReport, tolerance: float | None = None)
         if verdict is None:
             unchanged += 1
             continue
+        note = (f"edited {old.edited:.4f} → {gate.edited:.4f}; tolerance {tol:g}"
+                + ("" if gate.passed else "; gate fails"))
+        if result.environment_only and verdict in ("regressed", "improved"):
+            verdict, note = "environment", f"{verdict} with the kernels alone; {note}"
         changes.append(Change("gate", gate.key, verdict, old.delta, gate.delta, change,
-                              note=f"edited {old.edited:.4f} → {gate.edited:.4f}; tolerance {tol:g}"
-                                   + ("" if gate.passed else "; gate fails")))
+                              note=note))
     for key, old in old_gates.items():
         if old.case in new_cases and new_cases[old.case].error is None:  # else: the case regressed
             changes.append(Change("gate", key, "removed", before=old.delta))
@@ -99,8 +112,11 @@ def compare(current: RunReport, base: RunReport, tolerance: float | None = None)
         if verdict is None:
             unchanged += 1
             continue
+        note = f"threshold {rate.threshold:g}, {rate.probes} probes"
+        if result.environment_only and verdict in ("regressed", "improved"):
+            verdict, note = "environment", f"{verdict} with the kernels alone; {note}"
         changes.append(Change("success", rate.key, verdict, old_rate.rate, rate.rate, change,
-                              note=f"threshold {rate.threshold:g}, {rate.probes} probes"))
+                              note=note))
 
     old_budgets = {b.key: b for b in base.budgets}
     for budget in current.budgets:
@@ -111,6 +127,8 @@ def compare(current: RunReport, base: RunReport, tolerance: float | None = None)
             unchanged += 1
             continue
         verdict = "regressed" if budget.budget < old_budget.budget else "improved"
+        if result.environment_only:
+            verdict = "environment"
         note = ("" if budget.checkpoints == old_budget.checkpoints
                 else f"checkpoints {old_budget.checkpoints} → {budget.checkpoints}")
         changes.append(Change("budget", budget.key, verdict, old_budget.text, budget.text,
@@ -120,7 +138,8 @@ def compare(current: RunReport, base: RunReport, tolerance: float | None = None)
     changes.extend(_environment_changes(current, base))
     changes.extend(_timing_changes(current, base))
     result.unchanged = unchanged
-    order = {"regressed": 0, "improved": 1, "moved": 2, "added": 3, "removed": 4, "changed": 5}
+    order = {"regressed": 0, "improved": 1, "environment": 2, "moved": 3, "added": 4, "removed": 5,
+             "changed": 6}
     changes.sort(key=lambda c: (order.get(c.verdict, 9), c.kind, c.key))
     return result
 
@@ -136,6 +155,41 @@ def _baseline_changes(current: RunReport, base: RunReport) -> list[Change]:
             for key, value in after.items()
             if key in before and _finite(value) and _finite(before[key])
             and abs(value - before[key]) > EPSILON]
+
+
+def kernel_changes(old: Environment, new: Environment) -> list[str]:
+    """What selects the kernels or the precision and differs between two runs, e.g.
+    ``["cpu_capability AVX512 → AVX2"]``: scores may move with it (bf16 far more than float32)."""
+    pairs = {"eval_dtype": (old.eval_dtype, new.eval_dtype),
+             "generation_dtype": (old.generation_dtype, new.generation_dtype),
+             "attention_fallback": (old.attention_fallback, new.attention_fallback)}
+    if old.compute and new.compute:  # runs written before the field existed compare nothing
+        for key in sorted(set(old.compute) | set(new.compute)):
+            pairs[key] = (old.compute.get(key), new.compute.get(key))
+    return [f"{key} {before} → {after}" for key, (before, after) in pairs.items()
+            if before != after]
+
+
+def inputs_changed(old: Environment, new: Environment) -> bool:
+    """Whether anything besides the kernels differs that could move a score or a verdict: the
+    model, data, editor and ability code, hyper-parameters, tolerances, profile or settings."""
+    def code(infos: dict) -> dict[str, Any]:
+        return {name: (info.code, info.version) for name, info in infos.items()}
+
+    def inputs(env: Environment) -> tuple:
+        return (env.model_fingerprint, env.profile, env.limit, env.seed, env.edit_source,
+                env.dtype, env.tolerances_sha256, env.hparams_sha256, env.hparam_overrides)
+
+    shared_editors = set(old.editors) & set(new.editors)
+    shared_abilities = set(old.abilities) & set(new.abilities)
+    return (inputs(old) != inputs(new)
+            or code({n: old.editors[n] for n in shared_editors})
+            != code({n: new.editors[n] for n in shared_editors})
+            or code({n: old.abilities[n] for n in shared_abilities})
+            != code({n: new.abilities[n] for n in shared_abilities})
+            or any(info.code is None for info in [*old.editors.values(), *new.editors.values(),
+                                                  *old.abilities.values(),
+                                                  *new.abilities.values()]))
 
 
 def _environment_changes(current: RunReport, base: RunReport) -> list[Change]:
@@ -156,6 +210,12 @@ def _environment_changes(current: RunReport, base: RunReport) -> list[Change]:
         pairs[f"hparams {name}"] = (old.hparams_sha256.get(name), new.hparams_sha256.get(name))
     if old.hparam_overrides != new.hparam_overrides:
         pairs["--hparam overrides"] = (str(old.hparam_overrides), str(new.hparam_overrides))
+    if old.compute and new.compute:
+        for key in sorted(set(old.compute) | set(new.compute)):
+            pairs[f"kernels {key}"] = (old.compute.get(key), new.compute.get(key))
+    pairs["eval precision"] = (old.eval_dtype, new.eval_dtype)
+    pairs["generation precision"] = (old.generation_dtype, new.generation_dtype)
+    pairs["attention fallback"] = (old.attention_fallback, new.attention_fallback)
     changes = []
     for key, (before, after) in pairs.items():
         if before != after and not (before is None and after is None):

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from editgate.fingerprint import code_fingerprint, compute_environment
+from editgate.models import resolve_device
 from editgate.report.schema import AbilityInfo, EditorInfo, Environment, MetricInfo
 
 LIBRARIES = ("editgate", "torch", "transformers", "tokenizers", "numpy", "datasets", "safetensors",
@@ -74,7 +76,8 @@ def editor_info(name: str) -> EditorInfo:
         source = None
     return EditorInfo(name, version=str(getattr(cls, "version", "1")),
                       source_sha256=sha256_file(Path(source)) if source else None,
-                      can_batch=bool(getattr(cls, "can_batch", False)))
+                      can_batch=bool(getattr(cls, "can_batch", False)),
+                      code=code_fingerprint(cls))
 
 
 def ability_info(name: str) -> AbilityInfo:
@@ -86,7 +89,8 @@ def ability_info(name: str) -> AbilityInfo:
         return AbilityInfo(name, version="?")
     metrics = [MetricInfo(m.name, kind=str(m.kind), chance=m.chance, unit=m.unit)
                for m in getattr(cls, "metrics", ())]
-    return AbilityInfo(name, version=str(getattr(cls, "version", "1")), metrics=metrics)
+    return AbilityInfo(name, version=str(getattr(cls, "version", "1")), metrics=metrics,
+                       code=code_fingerprint(cls))
 
 
 def hparams_hashes() -> dict[str, str]:
@@ -99,7 +103,7 @@ def hparams_hashes() -> dict[str, str]:
 def capture(settings: Any, *, rootdir: Path, editors: Iterable[str], abilities: Iterable[str],
             model_fingerprint: str | None = None, tolerances_file: str | None = None,
             command: Iterable[str] = (), xdist_workers: int = 0, device: str | None = None,
-            ) -> Environment:
+            attention_fallback: str | None = None) -> Environment:
     """The environment of a run configured by ``settings`` (:class:`editgate.session.Settings`)."""
     commit, dirty, branch = git_state(rootdir)
     profile = getattr(settings.profile, "name", settings.profile)
@@ -120,4 +124,6 @@ def capture(settings: Any, *, rootdir: Path, editors: Iterable[str], abilities: 
         hparams_sha256=hparams_hashes(),
         hparam_overrides={k: dict(v) for k, v in (settings.hparam_overrides or {}).items()},
         command=list(command), xdist_workers=xdist_workers,
+        compute=compute_environment(resolve_device(device or str(settings.device))),
+        attention_fallback=attention_fallback,
     )

@@ -326,6 +326,8 @@ def environment_table(report: RunReport) -> str:
              ("profile", env.profile), ("items per ability", str(env.limit or "profile default")),
              ("device / dtype / eval / generation",
               f"{env.device} / {env.dtype} / {env.eval_dtype} / {env.generation_dtype}"),
+             ("kernels", ", ".join(f"{k} {v}" for k, v in env.compute.items()) or "—"),
+             ("attention fallback", env.attention_fallback or "none"),
              ("seed", str(env.seed)),
              ("edit source", env.edit_source), ("data dir", env.data_dir),
              ("git commit", commit), ("branch", env.git_branch or "—"),
@@ -333,13 +335,14 @@ def environment_table(report: RunReport) -> str:
              ("CPUs", str(env.cpu_count)), ("xdist workers", str(env.xdist_workers)),
              ("tolerances", f"{env.tolerances_file} (sha256 {(env.tolerances_sha256 or '')[:12]})"),
              ("command", " ".join(env.command))]
-    pairs += [(f"editor {name}", f"version {e.version}, source sha256 {(e.source_sha256 or '—')[:12]}"
+    pairs += [(f"editor {name}", f"version {e.version}, code {(e.code or '—')[:12]}"
                f"{', batches' if e.can_batch else ''}") for name, e in env.editors.items()]
     def metric(m: MetricInfo) -> str:
         chance = f", chance {m.chance:g}" if m.chance is not None else ""
         return f"{m.name} ({m.kind}{chance}{', ' + m.unit if m.unit else ''})"
 
-    pairs += [(f"ability {name}", f"version {a.version}; metrics {', '.join(map(metric, a.metrics))}")
+    pairs += [(f"ability {name}", f"code {(a.code or '—')[:12]}; metrics "
+               f"{', '.join(map(metric, a.metrics))}")
               for name, a in env.abilities.items()]
     pairs += [(f"hparams {name}", digest[:12]) for name, digest in env.hparams_sha256.items()]
     if env.hparam_overrides:

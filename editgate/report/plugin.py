@@ -178,7 +178,9 @@ class ReportPlugin:
                       tolerances_file=getattr(main.tolerances, "source", None),
                       command=["pytest", *self.config.invocation_params.args],
                       xdist_workers=workers if isinstance(workers, int) else 0,
-                      device=str(lm.device) if lm is not None else None)
+                      device=str(lm.device) if lm is not None else None,
+                      attention_fallback=getattr(getattr(session, "_runner", None),
+                                                 "attention_fallback", None))
         by_case: dict[str, float] = defaultdict(float)
         case_of = {nodeid: r.get("case", {}).get("id", "baseline") for nodeid, r in self.records}
         for nodeid, seconds in self.durations.items():

@@ -50,6 +50,7 @@ class AbilityInfo:
     name: str
     version: str = "1"
     metrics: list[MetricInfo] = field(default_factory=list)
+    code: str | None = None  # fingerprint of its source and what it imports (editgate.fingerprint)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class EditorInfo:
     version: str = "1"
     source_sha256: str | None = None  # of the editor's source file: changes even without a bump
     can_batch: bool = False
+    code: str | None = None  # fingerprint of its source and what it imports (editgate.fingerprint)
 
 
 @dataclass
@@ -89,6 +91,10 @@ class Environment:
     hparam_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     xdist_workers: int = 0
+    # What selected the numerical kernels (editgate.fingerprint.compute_environment): device,
+    # torch/transformers versions, CPU capability and instruction sets, threads.
+    compute: dict[str, str] = field(default_factory=dict)
+    attention_fallback: str | None = None  # SDPA backend forced where a bf16 kernel is missing
 
 
 # ------------------------------------------------------------------------- decisions
@@ -248,6 +254,11 @@ class Comparison:
     rule: str = ""  # the regression rule applied, in words
     changes: list[Change] = field(default_factory=list)
     unchanged: int = 0  # gates/rates/budgets compared and found identical
+    # What of the kernels and precisions differs between the runs (empty: the same environment).
+    environment_changed: list[str] = field(default_factory=list)
+    # Only the environment differs (same model, data, editor and ability code, hparams,
+    # tolerances): every moved verdict is the kernels' doing, reported as "environment".
+    environment_only: bool = False
 
     @property
     def regressions(self) -> list[Change]:
