@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from editgate.data import resolve_data_dir
-from editgate.evaluate import evaluate, get_profile
+from editgate.evaluate import evaluate
+from editgate.profiles import get_profile
 from editgate.registry import ABILITIES
 from editgate.runner import DEFAULT_EVAL_DTYPE
 from editgate.session import EditgateSession, Settings

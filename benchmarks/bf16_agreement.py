@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from editgate.data import resolve_data_dir
-from editgate.evaluate import PROFILES, evaluate, prepare
+from editgate.evaluate import evaluate, prepare
 from editgate.gate import Tolerances, aggregate, aggregate_ci, paired_gate
 from editgate.models import load_model
+from editgate.profiles import PROFILES
 from editgate.registry import ABILITIES
 from editgate.runner import AbilityRunner
 

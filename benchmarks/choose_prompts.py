@@ -16,9 +16,10 @@ import time
 
 from editgate.abilities.base import PromptStyle
 from editgate.data import load_dataset, resolve_data_dir
-from editgate.evaluate import PROFILES, evaluate, prepare
+from editgate.evaluate import evaluate, prepare
 from editgate.gate import aggregate, aggregate_ci
 from editgate.models import load_model
+from editgate.profiles import PROFILES
 from editgate.runner import AbilityRunner
 
 # (shots, chat, options) per ability: the candidate forms (a short list: this CPU is slow).

@@ -14,8 +14,9 @@ import argparse
 import time
 
 from editgate.data import resolve_data_dir
-from editgate.evaluate import PROFILES, prepare
+from editgate.evaluate import prepare
 from editgate.models import load_model
+from editgate.profiles import PROFILES
 from editgate.runner import AbilityRunner, Generate
 
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import pytest
 
-from editgate.evaluate import PROFILES, prepare
+from editgate.evaluate import prepare
+from editgate.profiles import PROFILES
 from editgate.runner import AbilityRunner, Choices, Generate
 
 ITEMS = {"sentiment": 200, "nli": 100, "closed_qa": 50, "dialogue": 50, "open_qa": 50,

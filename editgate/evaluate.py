@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,39 +24,25 @@ from editgate.data import load_dataset
 from editgate.errors import ConfigError
 from editgate.fingerprint import code_fingerprint
 from editgate.models import LoadedModel
+from editgate.profiles import Profile
 from editgate.registry import ABILITIES
 from editgate.runner import AbilityRunner, Choices, Distributions, Generate
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    items: int | None  # items per ability (None: the whole set)
-    generation: bool  # run generation-based metrics
-
-
-PROFILES = {
-    "quick": Profile("quick", 50, generation=False),
-    "standard": Profile("standard", 300, generation=True),
-    "paper": Profile("paper", None, generation=True),
-}
 
 PROMPTS_FILE = Path(__file__).parent / "configs" / "prompts.toml"
 
 
-def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[name]
-
-
-def prompt_style(model_name: str, ability: str, path: Path = PROMPTS_FILE) -> PromptStyle:
-    """The prompt form for (model, ability): ``[model.ability]`` over ``[default.ability]``."""
+def prompt_style(model_name: str, ability: str, path: Path = PROMPTS_FILE, *,
+                 defaults: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> PromptStyle:
+    """The prompt form for (model, ability), each source over the one before: the ability's
+    own ``default_style`` (a plugin's), ``[default.ability]`` and ``[model.ability]`` of
+    ``prompts.toml``, then ``--prompt ABILITY.KEY=VALUE`` overrides."""
     with open(path, "rb") as handle:
         config = tomllib.load(handle)
-    entry: dict[str, Any] = {}
+    entry: dict[str, Any] = dict(defaults or {})
     for section in ("default", model_name):
         entry.update(config.get(section, {}).get(ability, {}))
+    entry.update(overrides or {})
     known = {"shots", "chat"}
     return PromptStyle(shots=int(entry.get("shots", 0)), chat=bool(entry.get("chat", False)),
                        options={k: v for k, v in entry.items() if k not in known})
@@ -119,11 +105,13 @@ def _request_fields(request: Any) -> dict[str, Any]:
 
 
 def prepare(ability_name: str, data_dir: Path, model_name: str, profile: Profile,
-            limit: int | None = None) -> AbilityRun:
+            limit: int | None = None, prompt: Mapping[str, Any] | None = None) -> AbilityRun:
+    """``ability_name`` resolved for a session; ``prompt``: ``--prompt`` overrides of its style."""
     ability: Ability = ABILITIES.get(ability_name)()
     dataset = load_dataset(ability.dataset, data_dir)
     pool, candidates = ability.split(dataset.records)
-    style = prompt_style(model_name, ability_name)
+    style = prompt_style(model_name, ability_name, defaults=ability.default_style,
+                         overrides=prompt)
     if style.shots > len(pool):
         raise ConfigError(f"{ability_name}: {style.shots} shots asked, the pool holds {len(pool)}")
     count = limit if limit is not None else profile.items

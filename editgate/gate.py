@@ -49,36 +49,90 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-# ------------------------------------------------------------------------- micro-averaged F1
-# An F1 over all items (NER's entity-level micro F1) is no mean of per-item values: its items carry
-# "<metric>.tp/.fp/.fn" counts, and the statistic is 2·ΣTP / (2·ΣTP + ΣFP + ΣFN). Bootstrap
-# resamples items and recomputes it, so CIs and paired deltas work exactly as for means.
+# ------------------------------------------------------------------------- corpus statistics
+# Some paper metrics are no mean of per-item values. Their items carry the statistic's inputs
+# under "<metric>.<column>" keys, and the statistic is computed over all items:
+#
+#   micro F1     (NER's entity-level F1)        "<metric>.tp/.fp/.fn" counts
+#   weighted F1  (metric "weighted_f1")         "<metric>.pred/.gold" class indices, −1 = no answer
+#   MCC          (metric "mcc")                 "<metric>.pred/.gold" likewise
+#
+# weighted F1 and MCC are scikit-learn's ``f1_score(average="weighted")`` and
+# ``matthews_corrcoef``, as the glue_eval harness of lifelong-editing papers reports them. Bootstrap
+# resamples items and recomputes the statistic, so CIs and paired deltas work as for means.
 
 COUNT_KEYS = ("tp", "fp", "fn")
+LABEL_KEYS = ("pred", "gold")
 
 
-def is_micro_f1(results: Sequence[ItemResult], metric: str) -> bool:
-    return bool(results) and all(f"{metric}.tp" in r.metrics for r in results)
-
-
-def _counts(results: Sequence[ItemResult], metric: str) -> np.ndarray:
-    return np.array([[r.metrics[f"{metric}.{k}"] for k in COUNT_KEYS] for r in results],
-                    dtype=np.float64)
-
-
-def _micro_f1(sums: np.ndarray) -> np.ndarray:
-    """F1 from [..., 3] summed counts; 1 where there was nothing to find and nothing found."""
+def _micro_f1(columns: np.ndarray) -> np.ndarray:
+    """F1 from [..., n, 3] counts; 1 where there was nothing to find and nothing found."""
+    sums = columns.sum(axis=-2)
     tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
     denominator = 2 * tp + fp + fn
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1e-12), 1.0)
 
 
-def _bootstrap_counts(counts: list[np.ndarray], level: float = 0.95) -> tuple[float, float]:
-    """CI of micro F1 (one array) or of its paired difference (edited − baseline: two arrays)."""
-    n = counts[0].shape[0]
+def _one_hot(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[..., n, C] indicators of predicted and gold class (class set: every value present)."""
+    classes = np.unique(columns)
+    pred = (columns[..., 0, None] == classes).astype(np.float64)
+    gold = (columns[..., 1, None] == classes).astype(np.float64)
+    return pred, gold
+
+
+def _weighted_f1(columns: np.ndarray) -> np.ndarray:
+    """Σ_c support_c · F1_c / Σ_c support_c over the classes (a class never predicted nor true
+    has no support and no weight; an unanswered item is a wrong prediction)."""
+    pred, gold = _one_hot(columns)
+    hits = (pred * gold).sum(axis=-2)
+    predicted, support = pred.sum(axis=-2), gold.sum(axis=-2)
+    f1 = np.where(predicted + support > 0, 2 * hits / np.maximum(predicted + support, 1e-12), 0.0)
+    return (support * f1).sum(axis=-1) / np.maximum(support.sum(axis=-1), 1e-12)
+
+
+def _mcc(columns: np.ndarray) -> np.ndarray:
+    """Matthews' correlation of the multi-class confusion matrix (Gorodkin's R_K); 0 when a
+    margin of the matrix is constant."""
+    pred, gold = _one_hot(columns)
+    n = columns.shape[-2]
+    correct = (pred * gold).sum(axis=(-2, -1))
+    predicted, support = pred.sum(axis=-2), gold.sum(axis=-2)
+    covariance = correct * n - (predicted * support).sum(axis=-1)
+    spread = ((n * n - (predicted ** 2).sum(axis=-1)) * (n * n - (support ** 2).sum(axis=-1)))
+    return np.where(spread > 0, covariance / np.sqrt(np.maximum(spread, 1e-300)), 0.0)
+
+
+CORPUS_STATISTICS = {"weighted_f1": _weighted_f1, "mcc": _mcc}
+
+
+def _corpus(results: Sequence[ItemResult], metric: str):
+    """(per-item columns [n, k], statistic over them) for a corpus-level metric, else None."""
+    if not results:
+        return None
+    first = results[0].metrics
+    if f"{metric}.tp" in first:
+        keys, statistic = COUNT_KEYS, _micro_f1
+    elif f"{metric}.pred" in first and metric in CORPUS_STATISTICS:
+        keys, statistic = LABEL_KEYS, CORPUS_STATISTICS[metric]
+    else:
+        return None
+    columns = np.array([[r.metrics[f"{metric}.{k}"] for k in keys] for r in results],
+                       dtype=np.float64)
+    return columns, statistic
+
+
+def is_corpus_statistic(results: Sequence[ItemResult], metric: str) -> bool:
+    return _corpus(results, metric) is not None
+
+
+def _bootstrap_statistic(statistic, columns: list[np.ndarray],
+                         level: float = 0.95) -> tuple[float, float]:
+    """CI of a corpus statistic (one run) or of its paired difference (edited − baseline)."""
+    n = columns[0].shape[0]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     index = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
-    stats = [_micro_f1(c[index].sum(axis=1)) for c in counts]
+    stats = [statistic(c[index]) for c in columns]
     values = stats[0] if len(stats) == 1 else stats[1] - stats[0]
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
@@ -86,16 +140,20 @@ def _bootstrap_counts(counts: list[np.ndarray], level: float = 0.95) -> tuple[fl
 
 
 def aggregate(results: Sequence[ItemResult], metric: str) -> float:
-    """The run's score for ``metric``: micro F1 where items carry counts, else the mean."""
-    if is_micro_f1(results, metric):
-        return float(_micro_f1(_counts(results, metric).sum(axis=0)))
+    """The run's score for ``metric``: its corpus statistic where items carry one, else the
+    mean of the per-item values."""
+    corpus = _corpus(results, metric)
+    if corpus is not None:
+        columns, statistic = corpus
+        return float(statistic(columns))
     return mean([r.metrics[metric] for r in results])
 
 
 def aggregate_ci(results: Sequence[ItemResult], metric: str) -> tuple[float, float]:
     """95 % percentile-bootstrap CI of :func:`aggregate`."""
-    if is_micro_f1(results, metric) and len(results) > 1:
-        return _bootstrap_counts([_counts(results, metric)])
+    corpus = _corpus(results, metric)
+    if corpus is not None and len(results) > 1:
+        return _bootstrap_statistic(corpus[1], [corpus[0]])
     return bootstrap_ci([r.metrics[metric] for r in results])
 
 
@@ -156,12 +214,13 @@ def paired_gate(ability: str, metric: str, baseline: Sequence[ItemResult],
     delta = float(diffs.mean()) if diffs.size else math.nan
     low, high = bootstrap_ci(diffs)
     base_score, edited_score = float(b.mean()), float(e.mean())
-    if is_micro_f1(baseline, metric) and is_micro_f1(edited, metric):
-        ordered_after = [after[i] for i in ids]
+    ordered_after = [after[i] for i in ids]
+    corpus_before, corpus_after = _corpus(baseline, metric), _corpus(ordered_after, metric)
+    if corpus_before is not None and corpus_after is not None:
         base_score, edited_score = aggregate(baseline, metric), aggregate(ordered_after, metric)
         delta = edited_score - base_score
-        low, high = ((delta, delta) if len(ids) < 2 else
-                     _bootstrap_counts([_counts(baseline, metric), _counts(ordered_after, metric)]))
+        low, high = ((delta, delta) if len(ids) < 2 else _bootstrap_statistic(
+            corpus_before[1], [corpus_before[0], corpus_after[0]]))
     passed = not (delta < -tolerance and high < 0)
     if not np.isfinite(diffs).all():  # NaN or Inf scores: a broken model never passes
         passed = False

@@ -27,16 +27,6 @@ from editgate.gate import Tolerances
 from editgate.outcomes import PROPERTY, RunOutcomes
 from editgate.regimes import EditCase, Regime
 
-# The paper's grid per profile: (regimes, checkpoints of the sequential ones). `single` is the
-# first link of every sequential chain, so it costs nothing extra (same cached delta and scores).
-PROFILE_MATRIX: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    "quick": (("single", "sequential-10", "batch-10"), (1, 5, 10)),
-    "standard": (("single", "sequential-50", "batch-50", "batch-10-sequential-50"),
-                 (1, 10, 25, 50)),
-    "paper": (("single", "sequential-200", "batch-100", "batch-1000", "batch-10-sequential-200"),
-              (1, 10, 20, 50, 100, 200)),
-}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("editgate", "editgate: general-ability gates for edited models")
@@ -67,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(default: ability_tests/tolerances.toml)")
     group.addoption("--hparam", action="append", default=[], metavar="EDITOR.KEY=VALUE",
                     help="override one editor hyper-parameter (repeatable)")
+    group.addoption("--prompt", action="append", default=[], metavar="ABILITY.KEY=VALUE",
+                    help="override one prompt-style setting of an ability, e.g. "
+                         "glue_rte.labels=corrected or sentiment.shots=0 (repeatable)")
     group.addoption("--update-baselines", action="store_true",
                     help="rewrite the golden baseline files instead of checking them")
     group.addoption("--baselines-dir", help="folder of golden baseline files (default: ini "
@@ -97,7 +90,10 @@ def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def _parse_hparams(values: list[str]) -> dict[str, dict[str, object]]:
+def _parse_assignments(values: list[str], option: str = "--hparam",
+                       owner: str = "EDITOR") -> dict[str, dict[str, object]]:
+    """``OWNER.KEY=VALUE`` options (--hparam, --prompt) as {owner: {key: value}}; values are
+    Python literals, true/false as in TOML, else strings."""
     import ast
 
     from editgate.errors import ConfigError
@@ -107,7 +103,7 @@ def _parse_hparams(values: list[str]) -> dict[str, dict[str, object]]:
         key, sep, raw = text.partition("=")
         editor, dot, name = key.partition(".")
         if not sep or not dot:
-            raise ConfigError(f"--hparam {text!r}: expected EDITOR.KEY=VALUE")
+            raise ConfigError(f"{option} {text!r}: expected {owner}.KEY=VALUE")
         if raw.strip() in ("true", "false"):  # as written in the hparams TOML files
             value: object = raw.strip() == "true"
         else:
@@ -129,6 +125,7 @@ class EditgatePlugin:
         self.outcomes = RunOutcomes()
         self.collected_abilities: list[str] = []  # gated: scored in the eval precision
         self.golden_abilities: list[str] = []  # golden-checked: scored in float32
+        self._ability_keywords: dict[str, tuple[str, ...]] = {}
 
     def setup(self) -> None:
         """Resolve options on first use, so runs without gate tests never need data or models."""
@@ -142,7 +139,7 @@ class EditgatePlugin:
 
     def validate_names(self) -> None:
         """Cheap checks of names and syntax at start-up (no data, no model): fail fast and clean."""
-        from editgate.evaluate import get_profile
+        from editgate.profiles import get_profile
         from editgate.registry import ABILITIES, EDITORS
 
         opt = self.config.getoption
@@ -153,12 +150,13 @@ class EditgatePlugin:
             ABILITIES.get(name)
         for name in _split(opt("--regimes")):
             Regime.parse(name)
-        _parse_hparams(opt("--hparam"))
+        _parse_assignments(opt("--hparam"))
         Tolerances.parse_overrides(opt("--tolerance"))
+        _parse_assignments(opt("--prompt"), "--prompt", "ABILITY")
 
     def _setup(self) -> None:
         from editgate.data import resolve_data_dir
-        from editgate.evaluate import get_profile
+        from editgate.profiles import get_profile
         from editgate.registry import ABILITIES, EDITORS
         from editgate.runner import DEFAULT_EVAL_DTYPE, DEFAULT_GENERATION_DTYPE
         from editgate.session import Settings
@@ -176,7 +174,8 @@ class EditgatePlugin:
             limit=opt("--limit"),
             edit_source=opt("--edit-source"), seed=opt("--seed"),
             edits_file=Path(opt("--edits-file")).resolve() if opt("--edits-file") else None,
-            hparam_overrides=_parse_hparams(opt("--hparam")),
+            hparam_overrides=_parse_assignments(opt("--hparam")),
+            prompt_overrides=_parse_assignments(opt("--prompt"), "--prompt", "ABILITY"),
         )
         known_editors = EDITORS.names()
         # Controls (noop, random-rank1) join the matrix only when named in --editors.
@@ -184,11 +183,12 @@ class EditgatePlugin:
             e for e in known_editors if not EDITORS.get(e).control]
         for name in self.editors:
             EDITORS.get(name)  # unknown names fail now, with the list of known ones
-        self.abilities = _split(opt("--abilities")) or ABILITIES.names()
+        self.abilities = _split(opt("--abilities")) or [
+            name for name in ABILITIES.names() if profile.includes(ABILITIES.get(name))]
         for name in self.abilities:
             ABILITIES.get(name)
-        default_regimes, default_checkpoints = PROFILE_MATRIX[profile.name]
-        regimes = _split(opt("--regimes")) or list(default_regimes)
+        default_checkpoints = profile.checkpoints
+        regimes = _split(opt("--regimes")) or list(profile.regimes)
         self.regimes = [Regime.parse(r) for r in regimes]
         checkpoints = _split(opt("--checkpoints"))
         try:
@@ -265,6 +265,18 @@ class EditgatePlugin:
             params.append(pytest.param(case, id=case.id, marks=marks))
         return params
 
+    def ability_notes(self, abilities: list[str] | None = None) -> dict[str, str]:
+        """How to read each ability's scores in this run (default: those collected), where its
+        prompt style calls for it."""
+        notes = {}
+        for name in abilities if abilities is not None else (
+                self.collected_abilities or self.golden_abilities):
+            run = self.session.ability_run(name)
+            note = run.ability.note(run.style)
+            if note:
+                notes[name] = note
+        return notes
+
     def gated_metrics(self) -> list[tuple[str, str]]:
         pairs = []
         for name in self.abilities:
@@ -289,6 +301,22 @@ class EditgatePlugin:
             metafunc.parametrize("success_metric", SUCCESS_METRICS)
         if "baseline_ability" in names:
             metafunc.parametrize("baseline_ability", self.abilities)
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """Data-set names as keywords, so ``-k sst2`` or ``-k "rome and gsm8k"`` select the
+        abilities scored on those data sets (before ``-k`` deselects anything)."""
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        ability = (params["ability_metric"][0] if "ability_metric" in params
+                   else params.get("baseline_ability"))
+        if ability is not None:
+            item.extra_keyword_matches.update(self._keywords(ability))
+
+    def _keywords(self, ability: str) -> tuple[str, ...]:
+        from editgate.registry import ABILITIES
+
+        if ability not in self._ability_keywords:
+            self._ability_keywords[ability] = ABILITIES.get(ability)().keywords()
+        return self._ability_keywords[ability]
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -340,7 +368,7 @@ class EditgatePlugin:
         width = terminalreporter._tw.fullwidth
         buffer = io.StringIO()
         render_summary(self.outcomes, self.settings, buffer, width=width,
-                       color=terminalreporter.hasmarkup)
+                       color=terminalreporter.hasmarkup, notes=self.ability_notes())
         terminalreporter.write(buffer.getvalue())
         runner = getattr(self._session, "_runner", None)
         if getattr(runner, "attention_fallback", None):

@@ -38,10 +38,11 @@ from editgate.abilities.base import ItemResult
 from editgate.cache import atomic_write_text, cache_key
 from editgate.data import resolve_data_dir
 from editgate.delta import WeightDelta
-from editgate.evaluate import AbilityRun, cached_evaluate, get_profile, prepare
+from editgate.evaluate import AbilityRun, cached_evaluate, prepare
 from editgate.fingerprint import code_fingerprint
-from editgate.gate import Tolerances, bootstrap_ci, is_micro_f1
+from editgate.gate import Tolerances, bootstrap_ci, is_corpus_statistic
 from editgate.models import DTYPES, LoadedModel, load_model
+from editgate.profiles import get_profile
 from editgate.registry import ABILITIES
 from editgate.runner import DEFAULT_EVAL_DTYPE, AbilityRunner
 
@@ -120,7 +121,7 @@ def study(lm: LoadedModel, runs: Sequence[AbilityRun], tolerances: Tolerances,
     rows: list[PowerRow] = []
     for run in runs:
         metrics = [m for m in run.ability.active_metrics(run.generation)
-                   if not is_micro_f1(scored[0.0][run.name], m.name)]
+                   if not is_corpus_statistic(scored[0.0][run.name], m.name)]
         axis = next((m for m in metrics if m.kind == "paper"), metrics[0]).name
         base = {m.name: _values(scored[0.0][run.name], m.name) for m in metrics}
         for scale in sorted(scales):

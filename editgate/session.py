@@ -28,9 +28,10 @@ from editgate.edit_success import edit_success, locality_reference
 from editgate.editors.base import EditContext, Editor
 from editgate.edits import EditRequest, load_edit_requests, read_edit_file
 from editgate.errors import DataError, EditFailure, EditgateError
-from editgate.evaluate import AbilityRun, Profile, cached_evaluate, prepare, results_key
+from editgate.evaluate import AbilityRun, cached_evaluate, prepare, results_key
 from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
+from editgate.profiles import Profile
 from editgate.regimes import EditCase
 from editgate.registry import EDITORS
 from editgate.runner import DEFAULT_EVAL_DTYPE, DEFAULT_GENERATION_DTYPE, AbilityRunner
@@ -52,6 +53,7 @@ class Settings:
     edits_file: Path | None = None  # user-supplied requests instead of edit_source
     seed: int = 0
     hparam_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompt_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --prompt
 
 
 @dataclass
@@ -122,7 +124,8 @@ class EditgateSession:
     def ability_run(self, name: str) -> AbilityRun:
         if name not in self._runs:
             self._runs[name] = prepare(name, self.settings.data_dir, self.settings.model,
-                                       self.settings.profile, self.settings.limit)
+                                       self.settings.profile, self.settings.limit,
+                                       self.settings.prompt_overrides.get(name))
         return self._runs[name]
 
     # ---------------------------------------------------------------- baseline

@@ -9,6 +9,7 @@ gate — short enough for ``-k memit`` to fit on one screen. The same renderer s
 
 from __future__ import annotations
 
+import math
 from typing import IO, Any
 
 from rich.console import Console
@@ -23,12 +24,15 @@ SUCCESS_LABELS = {"efficacy": "effic.", "paraphrase": "parap.", "neighborhood": 
 
 
 def render_summary(outcomes: RunOutcomes, settings: Any, out: IO[str], *, width: int = 120,
-                   color: bool = True) -> None:
-    """The summary of the run in progress (called by the main plugin's terminal summary)."""
+                   color: bool = True, notes: dict[str, str] | None = None) -> None:
+    """The summary of the run in progress (called by the main plugin's terminal summary);
+    ``notes``: how to read an ability's scores (ability → line)."""
     from editgate.report.collect import build_report, records_from_outcomes
+    from editgate.report.schema import AbilityInfo
 
     profile = getattr(settings.profile, "name", settings.profile)
-    env = Environment(model=str(settings.model), profile=str(profile), limit=settings.limit)
+    env = Environment(model=str(settings.model), profile=str(profile), limit=settings.limit,
+                      abilities={a: AbilityInfo(a, note=n) for a, n in (notes or {}).items()})
     report = build_report(records_from_outcomes(outcomes), env, run_id="", created="",
                           read_items=False)
     render_run(report, out, width=width, color=color)
@@ -133,6 +137,11 @@ def render_run(report: RunReport, out: IO[str], *, width: int = 120, color: bool
     console.print(table)
     console.print(f"[dim]{legend} · ✗ a gate of the ability failed (listed below)[/]", soft_wrap=True)
 
+    _glue_eval_table(report, console)
+    for name, info in env.abilities.items():
+        if info.note:
+            console.print(f"[yellow]note[/] {name}: {info.note}", soft_wrap=True)
+
     if report.budgets:
         text = " · ".join(f"{b.editor} {b.regime} [bold]{b.text}[/]" for b in report.budgets)
         console.print(f"[bold]edit budget[/] (edits before an ability gate fails): {text}")
@@ -201,6 +210,36 @@ def render_comparison(comparison: Comparison, out: IO[str], *, width: int = 120,
         console.print(f"  … and {len(shown) - MAX_CHANGE_LINES} more (see the HTML report)")
     if regressed and fail:
         console.print("[bold red]--fail-on-regression: the session fails[/]")
+
+
+def _glue_eval_table(report: RunReport, console: Console) -> None:
+    """The glue_eval tasks as the papers tabulate them: weighted F1 / MCC per task, the unedited
+    model first, then every edited state."""
+    tasks = [a for a, m in report.ability_metrics() if m == "weighted_f1"]
+    if not tasks:
+        return
+    gates = {(g.case, g.ability, g.metric): g for g in report.gates}
+    table = Table(title="glue_eval · weighted F1 / MCC", title_justify="left")
+    table.add_column("state", no_wrap=True, style="bold")
+    table.add_column("edits", justify="right")
+    for task in tasks:
+        table.add_column(task.removeprefix("glue_"), justify="right", no_wrap=True)
+
+    def cell(case: str, task: str, edited: bool) -> str:
+        f1, mcc = gates.get((case, task, "weighted_f1")), gates.get((case, task, "mcc"))
+        if f1 is None:
+            return "—"
+        value = lambda g: (g.edited if edited else g.baseline) if g else math.nan
+        text = f"{value(f1):.3f} / {value(mcc):+.2f}"
+        failed = edited and not all(g.passed for g in (f1, mcc) if g)
+        return f"[bold red]{text} ✗[/]" if failed else text
+
+    first = report.cases[0].id if report.cases else None
+    if first is not None:
+        table.add_row("unedited", "0", *[cell(first, t, edited=False) for t in tasks])
+    for case in report.cases:
+        table.add_row(case.id, str(case.checkpoint), *[cell(case.id, t, edited=True) for t in tasks])
+    console.print(table)
 
 
 def _fmt(value: Any) -> str:

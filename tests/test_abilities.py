@@ -14,7 +14,8 @@ import torch
 from reference import ReferenceRunner
 
 from editgate.data import load_dataset
-from editgate.evaluate import PROFILES, evaluate, prepare
+from editgate.evaluate import evaluate, prepare
+from editgate.profiles import PROFILES
 from editgate.registry import ABILITIES
 from editgate.runner import AbilityRunner
 from editgate.testing import tiny_model

@@ -387,7 +387,7 @@ def test_alphaedit_state_travels_with_cached_deltas(data_dir, monkeypatch, tmp_p
     that loads every delta from the cache restores the same regime state (no global state)."""
     from editgate.cache import cache_path
     from editgate.delta import WeightDelta
-    from editgate.evaluate import get_profile
+    from editgate.profiles import get_profile
     from editgate.regimes import EditCase, Regime
     from editgate.session import EditgateSession, Settings
 

@@ -138,9 +138,9 @@ def test_zsre_edit_source(suite):
 
 
 def test_hparam_values_read_as_python_or_toml_literals():
-    from editgate.plugin import _parse_hparams
+    from editgate.plugin import _parse_assignments
 
-    parsed = _parse_hparams(["memit.through_post_norm=false", "rome.mom2=False",
+    parsed = _parse_assignments(["memit.through_post_norm=false", "rome.mom2=False",
                              "memit.layers=(3,4)", "memit.mom2_weight=5e3", "x.name=word"])
     assert parsed == {"memit": {"through_post_norm": False, "layers": (3, 4), "mom2_weight": 5e3},
                       "rome": {"mom2": False}, "x": {"name": "word"}}

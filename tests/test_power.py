@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editgate.evaluate import get_profile, prepare
+from editgate.evaluate import prepare
 from editgate.gate import Tolerances
 from editgate.models import param_digests
 from editgate.power import PowerRow, detection_rate, markdown, noise_delta, smallest_detected, study
+from editgate.profiles import get_profile
 
 
 @given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=40),

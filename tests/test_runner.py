@@ -136,7 +136,8 @@ def test_empty_continuation_is_an_error(tiny):
 
 @pytest.mark.real_model
 def test_sentiment_items_match_reference_on_smollm2(smollm2, data_dir):
-    from editgate.evaluate import PROFILES, prepare
+    from editgate.evaluate import prepare
+    from editgate.profiles import PROFILES
 
     run = prepare("sentiment", data_dir, "smollm2-135m", PROFILES["quick"], limit=12)
     runner = AbilityRunner(smollm2)

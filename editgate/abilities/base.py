@@ -94,6 +94,14 @@ class Ability:
     dataset: ClassVar[DatasetSpec]
     metrics: ClassVar[tuple[Metric, ...]]
     shot_pool_size: ClassVar[int] = 16  # leading records reserved as few-shot examples
+    # The data sets it scores, as the field names them: test ids carry them as keywords, so
+    # `-k sst2` selects every ability scored on SST-2 (default: the dataset's folder name).
+    datasets: ClassVar[tuple[str, ...]] = ()
+    # The profiles it belongs to (None: every general profile; see editgate.profiles).
+    profiles: ClassVar[tuple[str, ...] | None] = None
+    # Its prompt style where editgate/configs/prompts.toml names none (a plugin's own): shots,
+    # chat and ability options, e.g. {"shots": 4}.
+    default_style: ClassVar[Mapping[str, Any]] = {}
 
     # ----------------------------------------------------------------- override these
 
@@ -112,6 +120,14 @@ class Ability:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- shared helpers
+
+    def keywords(self) -> tuple[str, ...]:
+        """Names `pytest -k` selects this ability by: its own and its data sets'."""
+        return (self.name, *(self.datasets or (self.dataset.folder,)))
+
+    def note(self, style: PromptStyle) -> str | None:
+        """A line the report prints beside the ability's scores (how to read them), if any."""
+        return None
 
     @property
     def paper_metric(self) -> Metric:

@@ -80,7 +80,7 @@ def editor_info(name: str) -> EditorInfo:
                       code=code_fingerprint(cls))
 
 
-def ability_info(name: str) -> AbilityInfo:
+def ability_info(name: str, note: str | None = None) -> AbilityInfo:
     from editgate.registry import ABILITIES
 
     try:
@@ -90,7 +90,7 @@ def ability_info(name: str) -> AbilityInfo:
     metrics = [MetricInfo(m.name, kind=str(m.kind), chance=m.chance, unit=m.unit)
                for m in getattr(cls, "metrics", ())]
     return AbilityInfo(name, version=str(getattr(cls, "version", "1")), metrics=metrics,
-                       code=code_fingerprint(cls))
+                       code=code_fingerprint(cls), note=note)
 
 
 def hparams_hashes() -> dict[str, str]:
@@ -103,7 +103,8 @@ def hparams_hashes() -> dict[str, str]:
 def capture(settings: Any, *, rootdir: Path, editors: Iterable[str], abilities: Iterable[str],
             model_fingerprint: str | None = None, tolerances_file: str | None = None,
             command: Iterable[str] = (), xdist_workers: int = 0, device: str | None = None,
-            attention_fallback: str | None = None) -> Environment:
+            attention_fallback: str | None = None,
+            notes: dict[str, str] | None = None) -> Environment:
     """The environment of a run configured by ``settings`` (:class:`editgate.session.Settings`)."""
     commit, dirty, branch = git_state(rootdir)
     profile = getattr(settings.profile, "name", settings.profile)
@@ -118,7 +119,7 @@ def capture(settings: Any, *, rootdir: Path, editors: Iterable[str], abilities: 
         python=sys.version.split()[0], platform=platform.platform(), hostname=socket.gethostname(),
         cpu_count=os.cpu_count(), libraries=library_versions(),
         editors={name: editor_info(name) for name in editors},
-        abilities={name: ability_info(name) for name in abilities},
+        abilities={name: ability_info(name, (notes or {}).get(name)) for name in abilities},
         tolerances_file=str(tolerances) if tolerances else None,
         tolerances_sha256=sha256_file(tolerances) if tolerances else None,
         hparams_sha256=hparams_hashes(),

@@ -183,6 +183,39 @@ def curve_svgs(report: RunReport) -> tuple[list[str], list[str], str]:
     return panels, others, legend
 
 
+def glue_eval_svgs(report: RunReport) -> list[str]:
+    """The lifelong-editing papers' figure: per (editor, regime) chain, the weighted F1 of every
+    glue_eval task against the number of edits, the unedited model at 0."""
+    tasks = [a for a, m in report.ability_metrics() if m == "weighted_f1"]
+    if not tasks:
+        return []
+    gates = {(g.case, g.ability): g for g in report.gates if g.metric == "weighted_f1"}
+    chains: dict[tuple[str, str], list[Case]] = defaultdict(list)
+    for case in report.cases:
+        chains[(case.editor, case.regime)].append(case)
+    charts = []
+    for (editor, regime), cases in chains.items():
+        series = []
+        for index, task in enumerate(tasks):
+            points = []
+            for case in sorted(cases, key=lambda c: c.checkpoint):
+                gate = gates.get((case.id, task))
+                if gate is None:
+                    continue
+                if not points:
+                    points.append(svg.Point(0, gate.baseline, tooltip=f"unedited: {gate.baseline:.3f}"))
+                points.append(svg.Point(case.checkpoint, gate.edited, failed=not gate.passed,
+                                        tooltip=f"{task} after {case.checkpoint} edits: "
+                                                f"F1 {gate.edited:.3f}"))
+            if points:
+                series.append(svg.Series(task.removeprefix("glue_"), svg.color(index), points,
+                                         line=True, marker="circle"))
+        if series:
+            charts.append(svg.line_chart(series, title=f"{editor} · {regime}",
+                                         x_label="number of edits", y_label="weighted F1"))
+    return charts
+
+
 def tradeoff_svg(report: RunReport) -> str | None:
     colors = editor_colors(report)
     by_editor: dict[str, list[svg.Point]] = defaultdict(list)
@@ -342,7 +375,7 @@ def environment_table(report: RunReport) -> str:
         return f"{m.name} ({m.kind}{chance}{', ' + m.unit if m.unit else ''})"
 
     pairs += [(f"ability {name}", f"code {(a.code or '—')[:12]}; metrics "
-               f"{', '.join(map(metric, a.metrics))}")
+               f"{', '.join(map(metric, a.metrics))}{'; NOTE: ' + a.note if a.note else ''}")
               for name, a in env.abilities.items()]
     pairs += [(f"hparams {name}", digest[:12]) for name, digest in env.hparams_sha256.items()]
     if env.hparam_overrides:
@@ -479,6 +512,12 @@ def render_html(report: RunReport) -> str:
                 "ring: the gate failed; grey line: unedited score; red dashed line: the tolerance.</p>"
                 if curves else "")
         sections.append(f'<section id="curves"><h2>Ability vs number of edits</h2>{body}{note}</section>')
+    glue = glue_eval_svgs(report)
+    if glue:
+        sections.append('<section id="glue-eval"><h2>glue_eval: weighted F1 vs number of edits</h2>'
+                        '<p>As the lifelong-editing papers plot it: one line per task, the '
+                        'unedited model at 0 edits; a red marker is a failed gate.</p>'
+                        f'<div class="charts">{"".join(glue)}</div></section>')
     if tradeoff:
         sections.append('<section id="tradeoff"><h2>Trade-off: edit success vs ability retention'
                         f'</h2><div class="charts">{tradeoff}</div><p class=note>Top right is ideal: '

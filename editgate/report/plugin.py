@@ -180,7 +180,8 @@ class ReportPlugin:
                       xdist_workers=workers if isinstance(workers, int) else 0,
                       device=str(lm.device) if lm is not None else None,
                       attention_fallback=getattr(getattr(session, "_runner", None),
-                                                 "attention_fallback", None))
+                                                 "attention_fallback", None),
+                      notes=main.ability_notes(abilities))
         by_case: dict[str, float] = defaultdict(float)
         case_of = {nodeid: r.get("case", {}).get("id", "baseline") for nodeid, r in self.records}
         for nodeid, seconds in self.durations.items():

@@ -51,6 +51,7 @@ class AbilityInfo:
     version: str = "1"
     metrics: list[MetricInfo] = field(default_factory=list)
     code: str | None = None  # fingerprint of its source and what it imports (editgate.fingerprint)
+    note: str | None = None  # how to read its scores in this run (e.g. glue_rte's inverted labels)
 
 
 @dataclass
