@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from editgate.edit_success import edit_success, success_rate
+from editgate.edit_success import edit_success, locality_reference, success_rate
 from editgate.editors.base import EditContext
 from editgate.edits import load_edit_requests
 from editgate.registry import EDITORS
@@ -86,11 +86,12 @@ def test_editor_quality_and_speed(benchmark, lm, data_dir, label):
     from editgate.runner import AbilityRunner
 
     runner = AbilityRunner(lm)
-    outcomes: dict[str, list] = {"efficacy": [], "paraphrase": [], "neighborhood": []}
+    reference = locality_reference(runner, [r for chunk in chunks for r in chunk])  # unedited
+    outcomes: dict[str, list] = {}
     for chunk, delta in zip(chunks, deltas):
         with delta.applied(lm.model):
-            for metric, items in edit_success(runner, chunk).items():
-                outcomes[metric].extend(items)
+            for metric, items in edit_success(runner, chunk, reference).items():
+                outcomes.setdefault(metric, []).extend(items)
     row = {metric: round(success_rate(items), 3) for metric, items in outcomes.items()}
     row.update(seconds_per_edit=round(seconds / N_REQUESTS, 2), batch=batch,
                mean_delta_norm=round(sum(d.norm() for d in deltas) / len(deltas), 2),

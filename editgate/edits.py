@@ -6,7 +6,8 @@ Two sources are supported, both read from the data directory:
   the subject in it, the counterfactual ``target_new``, the ``ground_truth``, one paraphrase and
   one neighborhood prompt (whose answer is the true object).
 * zsRE (``zsre/zsre_mend_eval_portability_gpt4.jsonl``): a question about the subject, ``alt`` as
-  the new answer, ``answers[0]`` as the old one, a rephrased question and an NQ locality question.
+  the new answer, ``answers[0]`` as the old one, a rephrased question and an NQ locality question
+  (used verbatim: "nq question: …", as EasyEdit scores it).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _zsre_request(record: Record) -> EditRequest:
     answers = record["answers"]
     if not isinstance(answers[0], str) or not answers[0].strip():
         raise record.error("first answer must be a non-empty string", field="answers")
-    loc = (record.get("loc") or "").removeprefix("nq question: ")
+    # Verbatim, "nq question: " prefix and all, as EasyEdit and MEND score zsRE locality.
+    loc = record.get("loc") or ""
     return EditRequest(
         case_id=f"zsre-{record.line}",
         prompt=record["src"],
@@ -117,7 +119,7 @@ def _zsre_request(record: Record) -> EditRequest:
         target_new=_target(record["alt"]),
         target_true=_target(answers[0]),
         paraphrase_prompts=tuple(p for p in [record.get("rephrase")] if p),
-        neighborhood_prompts=(loc + "?",) if loc else (),
+        neighborhood_prompts=(loc,) if loc else (),
         neighborhood_answer=_target(record["loc_ans"]) if record.get("loc_ans") else None,
         source=where,
         kind="zsre",

@@ -161,12 +161,13 @@ class EditgateSession:
     def ensure_baselines(self, abilities: list[str], max_edits: int = 0,
                          golden: list[str] = ()) -> None:
         """Everything that needs the unedited weights: ability baselines, the golden baselines of
-        ``golden``, zsRE locality tokens."""
+        ``golden``, the unedited argmax tokens of the locality probes."""
         for ability in abilities:
             self.baseline(ability)
         for ability in golden:
             self.golden_results(ability)
-        if self.settings.edit_source == "zsre" and max_edits and self._locality is None:
+        # Locality (EasyEdit's argmax agreement) compares with the unedited model's tokens.
+        if max_edits and self._locality is None:
             if self._applied:
                 raise RuntimeError("locality reference requested while the model is edited")
             self._locality = locality_reference(self.runner, self.requests(max_edits))

@@ -8,8 +8,13 @@ preserved keys do not use, so their outputs cannot change at all.
 * **Preserved subspace.** C = E[k kᵀ] over a generic corpus (:mod:`editgate.stats`) has
   eigenvectors U and eigenvalues s. The keys the model usually sees live (almost entirely) in the
   span of the eigenvectors with large s. P = Û Ûᵀ, Û = the eigenvectors with
-  s < ``nullspace_threshold``·max(s), projects onto the rest: the (approximate) null space of the
-  preserved keys K₀, P K₀ ≈ 0.
+  s < ``nullspace_threshold`` (absolute, 2·10⁻² in every reference config, as
+  ``experiments/evaluate.py:get_project`` applies it), projects onto the rest: the (approximate)
+  null space of the preserved keys K₀, P K₀ ≈ 0. How much of the corpus's key energy the
+  "null space" really leaves out depends on the scale of the model's keys, so
+  ``nullspace_relative=true`` reads the threshold as a fraction of the largest eigenvalue
+  instead — an editgate option, off by default (the measured effect on SmolLM2 is in
+  ``hparams/alphaedit.toml``).
 
 * **Update.** Targets and the layer-by-layer residual split are MEMIT's
   (:func:`memit.spread_over_layers`). At layer l with new keys K [n, d_in], residual R [n, d_out]
@@ -22,7 +27,9 @@ preserved keys do not use, so their outputs cannot change at all.
       Δ = Rᵀ Yᵀ,   Y = (P (KᵀK + K_pᵀK_p) + α I)⁻¹ P Kᵀ                     [d_in, n]
 
   Y lies in range(P) (Y = P(Kᵀ − (KᵀK + K_pᵀK_p) Y)/α), so Δ k₀ = Rᵀ Yᵀ k₀ = Rᵀ Yᵀ P k₀ = 0 for
-  every key k₀ in the preserved subspace, exactly up to rounding. Solved in float64.
+  every key k₀ in the preserved subspace, exactly up to rounding. Solved in float64 (the
+  reference solves in float32; the α I term keeps the system well conditioned, so the two agree
+  to float32 rounding).
 
 * **Sequential state.** After each call the new keys are appended to K_p. They live in
   ``ctx.state["alphaedit.keys.<layer>"]`` ([n_past, d_in] float32), which the regime saves next to
@@ -31,6 +38,12 @@ preserved keys do not use, so their outputs cannot change at all.
 
 The projection depends only on C and the threshold, so it is cached on disk under a digest of
 both (an eigendecomposition per layer costs seconds).
+
+The reference's settings map as ``l2`` ← ``L2``, ``steps`` ← ``v_num_grad_steps``, ``lr`` ←
+``v_lr``, ``weight_decay`` ← ``v_weight_decay``; keys and targets are MEMIT's (reference: the
+AlphaEdit repository's ``AlphaEdit/compute_ks.py`` and ``compute_z.py``, copies of MEMIT's).
+``tests/test_reference_rome_memit.py`` checks P, ΔW and the carried keys against it, over two
+sequential calls.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from editgate.cache import cache_key, cache_path, get_or_compute, tensors_digest
 from editgate.delta import WeightDelta
 from editgate.editors.base import EditContext, Editor
 from editgate.editors.memit import memit_layers, spread_over_layers
+from editgate.editors.rome import TemplateLengths
 from editgate.edits import EditRequest
 from editgate.fingerprint import code_fingerprint, compute_environment
 from editgate.models import LoadedModel
@@ -56,9 +70,12 @@ STATE_KEY = "alphaedit.keys.{layer}"
 
 @dataclass(frozen=True)
 class AlphaEditHParams:
+    """Defaults: the AlphaEdit repository's ``hparams/AlphaEdit/EleutherAI_gpt-j-6B.json``."""
+
     layers: tuple[int, ...] = (4, 5, 6, 7, 8)
-    nullspace_threshold: float = 0.01  # eigenvalues below this fraction of the largest: null space
-    l2: float = 10.0  # α
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space
+    nullspace_relative: bool = False  # True: the threshold is a fraction of the largest eigenvalue
+    l2: float = 10.0  # α (L2)
     mom2_tokens: int = 100_000
     # Targets: MEMIT's z optimisation.
     steps: int = 25
@@ -67,9 +84,8 @@ class AlphaEditHParams:
     weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     early_stop_loss: float = 0.05
-    context_templates: int = 10
-    context_length: int = 10
-    autocast_bf16: bool = True
+    context_template_length_params: TemplateLengths = ((10, 5),)
+    autocast_bf16: bool = False
     through_post_norm: bool = True  # as MEMIT's: invert a post-MLP norm (Gemma 2/3)
 
 
@@ -89,7 +105,8 @@ class AlphaEdit(Editor):
         def solve(layer: int, keys: torch.Tensor, residual: torch.Tensor,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
             new_keys[layer] = keys
-            projection = null_space_projection(moments[layer], hp.nullspace_threshold)
+            projection = null_space_projection(moments[layer], hp.nullspace_threshold,
+                                               relative=hp.nullspace_relative)
             past = ctx.state.get(STATE_KEY.format(layer=layer))
             return null_space_update(keys, residual, projection, past, hp.l2)
 
@@ -115,16 +132,18 @@ def null_space_update(keys: torch.Tensor, residual: torch.Tensor, projection: to
     return residual.double().T.float(), right.float()
 
 
-def null_space_projection(moment: torch.Tensor, threshold: float) -> torch.Tensor:
-    """P = Û Ûᵀ over the eigenvectors of C with eigenvalue < threshold · max (float32, cached)."""
+def null_space_projection(moment: torch.Tensor, threshold: float, *, relative: bool = False,
+                          ) -> torch.Tensor:
+    """P = Û Ûᵀ over the eigenvectors of C with eigenvalue < threshold (× the largest eigenvalue
+    when ``relative``), float32, cached."""
     path = cache_path("projections", cache_key(
-        moment=tensors_digest({"moment": moment}), threshold=threshold,
+        moment=tensors_digest({"moment": moment}), threshold=threshold, relative=relative,
         code=code_fingerprint(null_space_projection), environment=compute_environment("cpu")),
         ".safetensors")
 
     def compute() -> torch.Tensor:
         values, vectors = torch.linalg.eigh(moment.double().cpu())
-        null = vectors[:, values < threshold * values.max()]
+        null = vectors[:, values < (threshold * values.max() if relative else threshold)]
         return (null @ null.T).float()
 
     return get_or_compute(

@@ -66,7 +66,8 @@ class Editor:
 
         Read from ``editors/hparams/<stem>.toml`` for each stem in :attr:`hparams_files` (default:
         the editor's name with '-' → '_'); unknown keys are an error, not ignored. TOML arrays
-        become tuples where the field's default is a tuple (e.g. MEMIT's ``layers``).
+        become tuples where the field's default is a tuple (e.g. MEMIT's ``layers``), nested
+        arrays nested tuples.
         """
         values = self.default_hparams(lm)
         paths = [HPARAMS_DIR / f"{stem}.toml"
@@ -81,8 +82,13 @@ class Editor:
                               f"(from {', '.join(p.name for p in paths)} or overrides)")
         for key, value in values.items():
             if isinstance(fields[key].default, tuple) and isinstance(value, list):
-                values[key] = tuple(value)
+                values[key] = _as_tuple(value)
         return self.HParams(**values)
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists → tuples, nested ones too (``context_template_length_params = [[5, 10], …]``)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def read_hparams_file(path: Path, lm: LoadedModel) -> dict[str, Any]:
@@ -204,6 +210,8 @@ def check_overrides(editor: type[Editor], overrides: dict[str, Any]) -> None:
         expected = type(default)
         ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if expected is tuple and isinstance(value, list):  # hparams() makes it a tuple
             ok = True
         if not ok:
             raise ConfigError(f"--hparam {editor.name}.{key}={value!r}: expected "

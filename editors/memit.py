@@ -12,7 +12,7 @@ l₁ < … < l_L, each layer taking a share of the change so that no single weig
    already applied::
 
        K   = [k_1 … k_n]ᵀ       keys at l: MLP down-projection inputs at the subject's last
-                                token, mean over the prefixed prompts                   [n, d_in]
+                                token; ½ (plain prompt + mean over the prefixed prompts) [n, d_in]
        R   = (Z − H) / (L − j)  what is still missing at l_L (H recomputed on the current
                                 weights), split evenly over this and the remaining layers [n, d_out]
 
@@ -36,6 +36,13 @@ l₁ < … < l_L, each layer taking a share of the change so that no single weig
    which is exact when the new output keeps its rms (m + R_m = rms(m) · (N(m) + R)/γ, and N is
    scale-invariant) and first-order otherwise; the layer-by-layer recomputation of H absorbs the
    rest, as it absorbs the cross-layer effects.
+
+The reference's settings map as ``mom2_weight`` ← ``mom2_update_weight``, ``steps`` ←
+``v_num_grad_steps``, ``lr`` ← ``v_lr``, ``weight_decay`` ← ``v_weight_decay``; z is optimised by
+:func:`rome.compute_value` exactly as memit/compute_z.py does it (the same loss, KL direction, stop
+rule and clamp), from the plain prompt plus 5 prefixes of 10 tokens. ``autocast_bf16`` (off by
+default) is the same deliberate deviation as ROME's. ``tests/test_reference_rome_memit.py``
+checks keys, z and ΔW against kmeng01/memit on fixed inputs.
 
 Applying the update of layer l changes the keys of the layers above it, which is why K and H are
 recomputed layer by layer (the updates are applied to the model only while computing and reverted
@@ -67,7 +74,7 @@ from editgate.editors.base import (
     mlp_keys,
     module_output_at,
 )
-from editgate.editors.rome import compute_value, context_templates
+from editgate.editors.rome import TemplateLengths, compute_value, context_template_groups
 from editgate.edits import EditRequest
 from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
@@ -76,8 +83,10 @@ from editgate.stats import second_moments
 
 @dataclass(frozen=True)
 class MEMITHParams:
+    """Defaults: kmeng01/memit's ``hparams/MEMIT/EleutherAI_gpt-j-6B.json`` (layers from depth)."""
+
     layers: tuple[int, ...] = (4, 5, 6, 7, 8)
-    mom2_weight: float = 15_000.0  # λ: how strongly keys of generic text are preserved
+    mom2_weight: float = 15_000.0  # λ (mom2_update_weight): how strongly generic keys are kept
     mom2_tokens: int = 100_000
     # Target (z) optimisation, as ROME's v* but at the residual stream after layers[-1].
     steps: int = 25
@@ -86,9 +95,9 @@ class MEMITHParams:
     weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ factor·‖h‖ (h: the whole residual stream)
     early_stop_loss: float = 0.05
-    context_templates: int = 10
-    context_length: int = 10
-    autocast_bf16: bool = True
+    # One group of 5 prefixes of 10 tokens (memit_main.get_context_templates).
+    context_template_length_params: TemplateLengths = ((10, 5),)
+    autocast_bf16: bool = False  # as ROME's: a deliberate deviation, off by default
     # Map each layer's residual share through the inverse of a post-MLP norm (Gemma 2/3); see
     # step 3 of the module docstring. Ignored for models without one; false = the naive port.
     through_post_norm: bool = True
@@ -164,26 +173,37 @@ TARGET_SETTINGS = ("steps", "lr", "kl_factor", "weight_decay", "clamp_norm_facto
 
 
 def request_keys(lm: LoadedModel, layer: int, requests: Sequence[EditRequest],
-                 templates: Sequence[str]) -> torch.Tensor:
-    """k_i at ``layer``: MLP keys at the subject's last token, mean over prefixes, [n, d_in]."""
+                 groups: Sequence[Sequence[str]]) -> torch.Tensor:
+    """k_i at ``layer``: MLP keys at the subject's last token, [n, d_in].
+
+    As memit/compute_ks.py: the mean over each template group (the plain prompt; the prefixes of
+    one length), then the mean of those group means — the plain prompt weighs as much as all the
+    prefixes of a group together.
+    """
+    templates = [t for group in groups for t in group]
     texts = [t.format(r.prompt) for r in requests for t in templates]
     subjects = [r.subject for r in requests for _ in templates]
-    return mlp_keys(lm, layer, texts, subjects).reshape(len(requests), len(templates), -1).mean(1)
+    keys = mlp_keys(lm, layer, texts, subjects).reshape(len(requests), len(templates), -1)
+    means, start = [], 0
+    for group in groups:
+        means.append(keys[:, start:start + len(group)].mean(1))
+        start += len(group)
+    return torch.stack(means).mean(0)
 
 
 def spread_over_layers(ctx: EditContext, requests: Sequence[EditRequest], hp: Any,
                        solve: Solver) -> dict[str, LowRank]:
     """Steps 1-2 of the module docstring; ``solve`` turns (layer, K, R) into that layer's Δ."""
     lm = ctx.lm
-    templates = context_templates(lm, hp.context_templates, hp.context_length, ctx.seed)
-    targets = request_targets(ctx, requests, hp, templates)
+    groups = context_template_groups(lm, hp.context_template_length_params, ctx.seed)
+    targets = request_targets(ctx, requests, hp, [t for group in groups for t in group])
     prompts, subjects = [r.prompt for r in requests], [r.subject for r in requests]
     top = block_name(lm, hp.layers[-1])
     updates: dict[str, LowRank] = {}
     applied = []
     try:
         for j, layer in enumerate(hp.layers):
-            keys = request_keys(lm, layer, requests, templates)
+            keys = request_keys(lm, layer, requests, groups)
             current = module_output_at(lm, top, prompts, subjects)
             residual = (targets - current) / (len(hp.layers) - j)
             post_norm = lm.layout.post_norm_name(layer)

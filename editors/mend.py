@@ -1,35 +1,57 @@
 r"""MEND — Model Editor Networks with Gradient Decomposition (Mitchell et al., 2022, arXiv 2110.11309).
 
-Fine-tuning on one edit moves a weight W (here: the MLP output projection of each edited layer) by
-its gradient, which for a linear layer is a sum of rank-one terms over the tokens t of the edit::
+As EasyEdit implements it (``easyeditor/trainer/algs/MEND.py``, ``local_nn.py``; configs
+``hparams/MEND/*.yaml``). Fine-tuning on one edit moves each edited weight W by its gradient, which
+for a linear layer is a sum of rank-one terms over the edit's tokens t::
 
-    ∇_W L = Σ_t δ_t u_tᵀ,     u_t = the layer's input (key),  δ_t = ∂L/∂(layer output at t)
+    ∇_W L = Σ_t δ_t u_tᵀ,     u_t = the layer's input,  δ_t = ∂L/∂(layer output at t)
 
-Raw gradients make poor edits (too small, or too broad). MEND learns, per edited layer l, a small
-*gradient network* g_l that maps each token's factors to new ones, and applies
+L is the mean NLL of ``target_new``'s tokens after the prompt (teacher-forced; over all target
+tokens of the call). MEND learns a small *gradient network* that maps each token's factors to new
+ones, and applies
 
-    (ũ_t, δ̃_t) = g_l(u_t, δ_t),      ΔW_l = −α_l Σ_t δ̃_t ũ_tᵀ
+    (ũ_t, δ̃_t) = g_s(u_t, δ_t; mode m),      ΔW = α_W Σ_t δ̃_t ũ_tᵀ
 
-with a learned step α_l. g_l normalises [u; δ] (per-dimension mean/std over training edits),
-passes it through a residual MLP with low-rank weights, z ← z + B relu(A z + b) (B = 0 at
-initialisation, so g starts as the identity), and splits the result back into (ũ, δ̃). The edit
-stays low rank (≤ number of tokens) and needs one forward/backward pass: editing is instant.
+* **Edited weights**: every projection of the MLP in the last three layers (EasyEdit's
+  ``inner_params``: ``c_fc``/``c_proj`` on GPT-2, ``gate/up/down_proj`` on gated MLPs).
+* **Shared networks with modes** (``shared: true``): one network g_s per weight *shape* s
+  (x_dim = the layer's input width, δ_dim = its output width); the m-th weight of that shape
+  (m = its index among them, in the ``inner_params`` order) gets its own scale and shift.
+* **The network** (``combine: true``, ``mlp_class: IDMLP``, ``init: id``, ``norm: true``): z =
+  [(u − μ_u)/(σ_u + 1e−7); (δ − μ_δ)/(σ_δ + 1e−7)] passes through n_hidden + 1 = 2 low-rank
+  residual layers  z ← z + relu((U V z + b) ⊙ scale_m + shift_m)  (U: [d, r] = 0 at
+  initialisation, V: [r, d] random, r = min(rank, d); EasyEdit applies the relu in every layer)
+  and is split back into (ũ, δ̃). Tokens whose u or δ is all zero are skipped (``nz_mask``).
+* **Running statistics**: μ and σ are Welford running estimates over every token the network
+  sees while training (updated before normalising); frozen when editing.
+* **Learned sign and step**: α_W (``edit_lrs``, one per edited weight, initialised to
+  ``edit_lr``) is learnt; the update is *added* (W + ΔW) — the network and α learn its direction.
 
-**Training** (on CounterFact-train, disjoint from the edit split) fits g and α so that edits
-work *and* stay local. For a batch of edits (x_e → y_e) with a paraphrase x'_e and an unrelated
-locality prompt x_loc, the factors come from the unedited model, ΔW from g, and::
+The edit stays low rank (≤ number of tokens) and needs one forward/backward pass: editing is
+instant. ΔW is returned as a low-rank update per edited weight.
 
-    L = c_edit · ½ [−log P_W+ΔW(y_e | x_e) − log P_W+ΔW(y_e | x'_e)]
-      + c_loc  · KL(P_W(· | x_loc) ‖ P_W+ΔW(· | x_loc))        (mean over x_loc's positions)
+**Training** (on CounterFact-train, disjoint from the edit split) fits g and α. For each edit
+(x_e → y_e) with an unrelated locality prompt x_loc and its answer a_loc, the factors come from the
+unedited model, ΔW from g, and (EasyEdit's ``EditTrainer.edit_step``)::
 
-The base model never changes; only g and α are trained (Adam). The result is cached by model
-fingerprint, edited layers, training config and data hash (``editgate cache``: ``mend/``): later
-runs load it, never retrain. Train explicitly with::
+    L = c_edit · (−1/|y_e|) Σ_t log P_W+ΔW(y_e,t | x_e, y_e,<t)
+      + c_loc  · mean over a_loc's positions of  KL(P_W(· | x_loc a_loc) ‖ P_W+ΔW(· | x_loc a_loc))
 
-    python -m editgate.editors.mend train --config small   # CI size (~2 min on 2 CPU cores)
-    python -m editgate.editors.mend train --config full    # real use (see hparams/mend.toml)
+averaged over ``batch_size`` edits per Adam step (EasyEdit: batch 1, ``accumulate_bs`` 10; lr
+1e-6 for g, ``lr_lr`` 1e-4 for α, gradients clipped to norm 100). The base model never changes.
+The result is cached by model fingerprint, edited weights, training config and data hash
+(``editgate cache``: ``mend/``): later runs load it, never retrain. Train explicitly with::
 
-When the suite runs ``mend`` and the selected config is not cached, it is trained on the spot.
+    python -m editgate.editors.mend train --config small   # CI size
+    python -m editgate.editors.mend train --config full    # see hparams/mend.toml
+
+**Named options.** What cannot be done here is the reference's training *budget* (lr 1e-6 for up
+to 100k edits with validation-based early stopping: GPU-days); the ``[train.*]`` configs in
+``hparams/mend.toml`` say how far each departs (``reference`` keeps EasyEdit's schedule for those
+who can afford it). ``params = "out"`` edits only the MLP output projection (editgate's former
+choice); ``edit_loss = "edit+paraphrase"`` also scores the edit on its paraphrase (the MEND paper's
+equivalence neighbour; EasyEdit's trainer scores the edit prompt only); ``autocast_bf16`` runs the
+model's forward passes in bfloat16.
 """
 
 from __future__ import annotations
@@ -52,7 +74,8 @@ from torch import nn
 
 from editgate.cache import cache_path, get_or_compute
 from editgate.delta import WeightDelta, lowrank_update
-from editgate.editors.base import HPARAMS_DIR, Batch, EditContext, Editor, weight_out_in
+from editgate.editors.base import HPARAMS_DIR, Batch, EditContext, Editor
+from editgate.editors.mlp import mlp_weight_names
 from editgate.edits import COUNTERFACT, EditRequest, _counterfact_request
 from editgate.errors import ConfigError, DataError
 from editgate.fingerprint import compute_key
@@ -61,7 +84,8 @@ from editgate.models import LoadedModel
 
 @dataclass(frozen=True)
 class MENDHParams:
-    layers: tuple[int, ...] = ()  # () = the last three layers (as the paper)
+    layers: tuple[int, ...] = ()  # () = the last three layers (as the paper and EasyEdit)
+    params: str = "mlp"  # "mlp": every MLP projection (EasyEdit); "out": the output one only
     config: str = "small"  # training config: [train.<config>] in hparams/mend.toml
 
 
@@ -69,17 +93,17 @@ class MENDHParams:
 class TrainConfig:
     examples: int = 400  # CounterFact-train edits seen per epoch
     epochs: int = 1
-    batch_size: int = 8
-    rank: int = 64  # of the gradient networks' hidden weights
-    hidden_layers: int = 1
-    lr: float = 1e-3  # gradient networks
-    lr_lr: float = 1e-4  # α (the per-layer edit step sizes)
+    batch_size: int = 10  # edits per optimiser step (EasyEdit: accumulate_bs)
+    rank: int = 1920  # of the networks' low-rank layers (min(rank, x_dim + δ_dim))
+    n_hidden: int = 1  # n_hidden + 1 low-rank residual layers
+    lr: float = 1e-6  # gradient networks
+    lr_lr: float = 1e-4  # α (edit_lrs)
     edit_lr: float = 1e-4  # α at initialisation
     c_edit: float = 0.1
     c_loc: float = 1.0
-    norm_examples: int = 32  # edits used to estimate the factors' mean and std
     grad_clip: float = 100.0
-    autocast_bf16: bool = True  # bfloat16 forward passes (factors and, in training, the edit)
+    edit_loss: str = "edit"  # "edit" (EasyEdit) | "edit+paraphrase" (named option)
+    autocast_bf16: bool = False  # named option: bf16 forward passes of the model
     seed: int = 0
 
 
@@ -99,56 +123,138 @@ def mend_layers(lm: LoadedModel, hp: MENDHParams) -> tuple[int, ...]:
     return hp.layers or tuple(range(max(0, lm.num_layers - 3), lm.num_layers))
 
 
+def edited_weights(lm: LoadedModel, hp: MENDHParams) -> list[str]:
+    """The edited weights, in EasyEdit's ``inner_params`` order (layer by layer)."""
+    if hp.params not in ("mlp", "out"):
+        raise ConfigError(f"mend: params = {hp.params!r}; choose 'mlp' or 'out'")
+    layers = mend_layers(lm, hp)
+    if hp.params == "out":
+        return [lm.layout.weight_name(layer) for layer in layers]
+    return [name for layer in layers for name in mlp_weight_names(lm, layer)]
+
+
+def weight_shape(lm: LoadedModel, name: str) -> tuple[int, int]:
+    """(input width, output width) of a projection weight, whatever its storage orientation."""
+    rows, cols = lm.model.get_parameter(name).shape
+    return (rows, cols) if lm.layout.transposed else (cols, rows)
+
+
 # --------------------------------------------------------------------------- the networks
 
 
 class LowRankResidual(nn.Module):
-    """z ← z + B relu(A z + b), A: [rank, d], B: [d, rank] = 0 at init (an identity map)."""
+    """z ← z + relu((U V z + b) ⊙ scale_m + shift_m): EasyEdit's ``LRLinear`` with init "id"."""
 
-    def __init__(self, dim: int, rank: int) -> None:
+    def __init__(self, dim: int, rank: int, n_modes: int, generator: torch.Generator) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, rank)
-        self.up = nn.Linear(rank, dim, bias=False)
-        nn.init.zeros_(self.up.weight)
+        mid = min(rank, dim)
+        self.u = nn.Parameter(torch.zeros(dim, mid))
+        self.v = nn.Parameter(torch.randn(mid, dim, generator=generator))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.mode_scale = nn.Embedding(n_modes, dim)
+        self.mode_shift = nn.Embedding(n_modes, dim)
+        nn.init.ones_(self.mode_scale.weight)
+        nn.init.zeros_(self.mode_shift.weight)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.up(F.relu(self.down(z)))
+    def forward(self, z: torch.Tensor, mode: int | None) -> torch.Tensor:
+        pre = (self.u @ (self.v @ z.T)).T + self.bias
+        if mode is not None:
+            pre = pre * self.mode_scale.weight[mode] + self.mode_shift.weight[mode]
+        return pre.clamp(min=0) + z
+
+
+class ResidualMLP(nn.Module):
+    """EasyEdit's ``IDMLP``: n_hidden + 1 low-rank residual layers."""
+
+    def __init__(self, dim: int, rank: int, n_hidden: int, n_modes: int,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([LowRankResidual(dim, rank, n_modes, generator)
+                                     for _ in range(n_hidden + 1)])
+
+    def forward(self, z: torch.Tensor, mode: int | None) -> torch.Tensor:
+        for layer in self.layers:
+            z = layer(z, mode)
+        return z
 
 
 class GradientNet(nn.Module):
-    """g_l: (u [N, d_in], δ [N, d_out]) → (ũ, δ̃), on normalised inputs."""
+    """g_s for one weight shape: (u [N, x_dim], δ [N, δ_dim]) → (ũ, δ̃), EasyEdit's
+    ``GradientTransform`` (combine, norm). Buffer names are EasyEdit's, so its state dicts load."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int, hidden_layers: int) -> None:
+    def __init__(self, x_dim: int, delta_dim: int, rank: int, n_hidden: int, n_modes: int,
+                 generator: torch.Generator) -> None:
         super().__init__()
-        self.d_in, self.d_out = d_in, d_out
-        self.register_buffer("mean", torch.zeros(d_in + d_out))
-        self.register_buffer("std", torch.ones(d_in + d_out))
-        self.blocks = nn.Sequential(*[LowRankResidual(d_in + d_out, rank)
-                                      for _ in range(hidden_layers)])
+        self.x_dim, self.delta_dim = x_dim, delta_dim
+        for name, dim in (("u", x_dim), ("v", delta_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+            self.register_buffer(f"{name}_s", torch.zeros(dim))
+        self.register_buffer("k", torch.zeros(1))  # tokens seen by the running statistics
+        self.mlp = ResidualMLP(x_dim + delta_dim, rank, n_hidden, n_modes, generator)
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = (torch.cat([u, delta], -1) - self.mean) / self.std
-        u_tilde, delta_tilde = self.blocks(z).split([self.d_in, self.d_out], -1)
-        return u_tilde, delta_tilde
+    @torch.no_grad()
+    def observe(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        """Welford's running mean and variance, one token at a time (as EasyEdit's loop)."""
+        for row in range(u.shape[0]):
+            if self.k.item() == 0:
+                self.u_mean.copy_(u[row])
+                self.v_mean.copy_(v[row])
+                self.u_s.zero_()
+                self.v_s.zero_()
+                self.k.fill_(1)
+                continue
+            self.k += 1
+            for x, mean, s in ((u[row], self.u_mean, self.u_s), (v[row], self.v_mean, self.v_s)):
+                new_mean = mean + (x - mean) / self.k
+                s.copy_(s + (x - mean) * (x - new_mean))
+                mean.copy_(new_mean)
+        if self.k.item() < 2:
+            raise RuntimeError(f"MEND normalisation needs two tokens, has seen {int(self.k.item())}")
+        self.u_std.copy_((self.u_s / (self.k - 1)) ** 0.5)
+        self.v_std.copy_((self.v_s / (self.k - 1)) ** 0.5)
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor, mode: int | None,
+                observe: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        u, v = u.float().reshape(-1, u.shape[-1]), v.float().reshape(-1, v.shape[-1])
+        keep = (u != 0).any(-1) & (v != 0).any(-1)  # tokens without a gradient carry no edit
+        u, v = u[keep], v[keep]
+        if observe:
+            self.observe(u, v)
+        z = torch.cat([(u - self.u_mean) / (self.u_std + 1e-7),
+                       (v - self.v_mean) / (self.v_std + 1e-7)], -1)
+        u_tilde, v_tilde = self.mlp(z, mode).split([self.x_dim, self.delta_dim], -1)
+        return u_tilde, v_tilde
+
+
+def shape_key(shape: tuple[int, int]) -> str:
+    return str(tuple(shape))  # EasyEdit's ModuleDict key, e.g. "(576, 1536)"
 
 
 class MENDNetwork(nn.Module):
-    """One gradient network and one step size α_l per edited layer."""
+    """One shared network per weight shape, one step size α per edited weight."""
 
-    def __init__(self, shapes: dict[int, tuple[int, int]], config: TrainConfig) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, int]], config: TrainConfig) -> None:
         super().__init__()
-        self.layers = sorted(shapes)
-        self.nets = nn.ModuleDict({str(layer): GradientNet(d_in, d_out, config.rank,
-                                                           config.hidden_layers)
-                                   for layer, (d_out, d_in) in shapes.items()})
-        self.alphas = nn.Parameter(torch.full((len(shapes),), config.edit_lr))
+        self.names = list(shapes)
+        self.shapes = dict(shapes)
+        by_shape: dict[tuple[int, int], list[str]] = {}
+        for name, shape in shapes.items():
+            by_shape.setdefault(shape, []).append(name)
+        self.modes = {name: names.index(name) for names in by_shape.values() for name in names}
+        generator = torch.Generator().manual_seed(config.seed)
+        self.mend = nn.ModuleDict({
+            shape_key(shape): GradientNet(*shape, config.rank, config.n_hidden, len(names), generator)
+            for shape, names in by_shape.items()})
+        self.edit_lrs = nn.Parameter(torch.full((len(self.names),), config.edit_lr))
         self.train_seconds = float("nan")  # recorded by train(), kept in the cached file
 
-    def factors_to_update(self, layer: int, u: torch.Tensor, delta: torch.Tensor,
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(left = −α_l δ̃ᵀ [d_out, N], right = ũᵀ [d_in, N]): ΔW_l = left @ rightᵀ."""
-        u_tilde, delta_tilde = self.nets[str(layer)](u, delta)
-        return -self.alphas[self.layers.index(layer)] * delta_tilde.T, u_tilde.T
+    def factors_to_update(self, name: str, u: torch.Tensor, delta: torch.Tensor,
+                          observe: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left = α δ̃ᵀ [out, N], right = ũᵀ [in, N]): ΔW = left @ rightᵀ (math orientation)."""
+        net = self.mend[shape_key(self.shapes[name])]
+        u_tilde, delta_tilde = net(u, delta, self.modes[name], observe)
+        return self.edit_lrs[self.names.index(name)] * delta_tilde.T, u_tilde.T
 
 
 # --------------------------------------------------------------------------- the editor
@@ -156,31 +262,32 @@ class MENDNetwork(nn.Module):
 
 class MEND(Editor):
     name = "mend"
+    version = "2"  # EasyEdit's architecture (v1: output projection only, fixed sign, frozen norm)
     HParams = MENDHParams
     can_batch = True
 
     def edit(self, ctx: EditContext, requests: Sequence[EditRequest], hp: MENDHParams,
              ) -> WeightDelta:
         lm = ctx.lm
-        layers = mend_layers(lm, hp)
-        network = trained_network(lm, layers, hp.config, ctx.data_dir)
-        factors = edit_factors(lm, layers, requests, train_config(hp.config).autocast_bf16)
+        names = edited_weights(lm, hp)
+        config = train_config(hp.config)
+        network = trained_network(lm, names, hp.config, ctx.data_dir)
+        factors = edit_factors(lm, names, requests, config.autocast_bf16)
         updates = {}
         with torch.no_grad():
-            for layer in layers:
-                u = torch.cat([f[layer][0] for f in factors])  # all tokens of all requests
-                delta = torch.cat([f[layer][1] for f in factors])
-                left, right = network.factors_to_update(layer, u, delta)
-                updates[lm.layout.weight_name(layer)] = lowrank_update(
-                    lm.layout.transposed, left.contiguous(), right.contiguous())
+            for name in names:
+                left, right = network.factors_to_update(name, *factors[name])
+                updates[name] = lowrank_update(lm.layout.transposed, left.contiguous(),
+                                               right.contiguous())
         return WeightDelta(updates, {"editor": self.name, "config": hp.config})
 
 
-Factors = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer → (u [T, d_in], δ [T, d_out])
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # weight → (u [T, d_in], δ [T, d_out])
+Targets = list[tuple[int, int, int]]  # (row, position, token)
 
 
 def _target_rows(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str],
-                 ) -> tuple[Batch, list[tuple[int, int, int]]]:
+                 ) -> tuple[Batch, Targets]:
     """Rows ``prompt + target[:-1]`` and (row, position, token) for every target token."""
     rows, positions = [], []
     for row, (prompt, target) in enumerate(zip(prompts, targets)):
@@ -190,31 +297,33 @@ def _target_rows(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]
     return Batch.of(lm, rows), positions
 
 
-def _mean_nll(lm: LoadedModel, hidden: torch.Tensor, positions: list[tuple[int, int, int]],
-              n_rows: int) -> torch.Tensor:
-    """Per-row mean NLL of the target tokens, [n_rows] (logits only where needed)."""
+def _token_nll(lm: LoadedModel, hidden: torch.Tensor, positions: Targets) -> torch.Tensor:
+    """NLL of each target token, [len(positions)] (logits only where needed)."""
     index = torch.tensor(positions, device=hidden.device)
     log_probs = F.log_softmax(lm.head_logits(hidden[index[:, 0], index[:, 1]].float()), -1)
-    nll = -log_probs.gather(-1, index[:, 2:3])[:, 0]
-    sums = torch.zeros(n_rows, device=hidden.device).index_add(0, index[:, 0], nll)
-    return sums / torch.bincount(index[:, 0], minlength=n_rows).clamp_min(1)
+    return -log_probs.gather(-1, index[:, 2:3])[:, 0]
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    sums = torch.zeros(n_rows, device=values.device).index_add(0, rows, values)
+    return sums / torch.bincount(rows, minlength=n_rows).clamp_min(1)
 
 
 @contextmanager
-def _capture_factors(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, dict]]:
-    """Record each layer's input u and make its output a graph node whose .grad is δ."""
-    records: dict[int, dict] = {layer: {} for layer in layers}
+def _capture_factors(lm: LoadedModel, names: Sequence[str]) -> Iterator[dict[str, dict]]:
+    """Record each edited weight's module input u and make its output a node whose .grad is δ."""
+    records: dict[str, dict] = {name: {} for name in names}
 
-    def hook(layer: int) -> Callable:
+    def hook(name: str) -> Callable:
         def capture(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not output.requires_grad:  # the lowest edited layer: backward stops here
+            if not output.requires_grad:  # the lowest edited module: backward stops here
                 output.requires_grad_()
             output.retain_grad()
-            records[layer]["u"], records[layer]["out"] = args[0].detach(), output
+            records[name]["u"], records[name]["out"] = args[0].detach(), output
         return capture
 
-    handles = [lm.module(lm.layout.out_proj_name(layer)).register_forward_hook(hook(layer))
-               for layer in layers]
+    handles = [lm.module(name.removesuffix(".weight")).register_forward_hook(hook(name))
+               for name in names]
     try:
         yield records
     finally:
@@ -222,41 +331,20 @@ def _capture_factors(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[in
             handle.remove()
 
 
-def edit_factors(lm: LoadedModel, layers: Sequence[int], requests: Sequence[EditRequest],
-                 autocast_bf16: bool) -> list[Factors]:
-    """Per request, each layer's (u_t, δ_t) over the request's tokens, from one fwd/bwd pass.
+def edit_factors(lm: LoadedModel, names: Sequence[str], requests: Sequence[EditRequest],
+                 autocast_bf16: bool) -> Factors:
+    """Each weight's (u_t, δ_t) over every token of every request, from one forward/backward.
 
-    The loss is each request's mean NLL of target_new after its prompt, on the current weights.
+    The loss is the mean NLL over all target tokens of the call (EasyEdit's edit loss).
     """
-    return _factor_pass(lm, layers, requests, autocast_bf16)[0]
-
-
-def _factor_pass(lm: LoadedModel, layers: Sequence[int], requests: Sequence[EditRequest],
-                 autocast_bf16: bool, extra: Batch | None = None,
-                 ) -> tuple[list[Factors], torch.Tensor | None]:
-    """:func:`edit_factors`; rows of ``extra`` ride along without loss (training's locality
-    reference) and their final hidden states are returned too."""
     batch, positions = _target_rows(lm, [r.prompt for r in requests],
                                     [r.target_new for r in requests])
-    if extra is not None:
-        batch = _stack(lm, [batch, extra])
-    with torch.enable_grad(), _capture_factors(lm, layers) as records:
+    with torch.enable_grad(), _capture_factors(lm, names) as records:
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             hidden = lm.decoder(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
-        _mean_nll(lm, hidden.float(), positions, len(requests)).sum().backward()
-    lengths = batch.mask.sum(1).tolist()
-    factors = [{layer: (records[layer]["u"][row, :lengths[row]].float(),
-                        records[layer]["out"].grad[row, :lengths[row]].float())
-                for layer in layers} for row in range(len(requests))]
-    return factors, None if extra is None else hidden[len(requests):].detach()
-
-
-def _stack(lm: LoadedModel, batches: Sequence[Batch]) -> Batch:
-    """Right-pad several batches to one width and stack their rows."""
-    width = max(b.ids.shape[1] for b in batches)
-    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)
-    return Batch(torch.cat([pad(b.ids, lm.tokenizer.pad_token_id) for b in batches]),
-                 torch.cat([pad(b.mask, 0) for b in batches]))
+        _token_nll(lm, hidden.float(), positions).mean().backward()
+    return {name: (records[name]["u"].float().flatten(0, 1),
+                   records[name]["out"].grad.float().flatten(0, 1)) for name in names}
 
 
 # --------------------------------------------------------------------------- training
@@ -284,17 +372,17 @@ def training_requests(data_dir: Path, count: int, seed: int) -> tuple[list[EditR
     return chosen, dataset.fingerprint
 
 
-def trained_network(lm: LoadedModel, layers: Sequence[int], config_name: str, data_dir: Path,
+def trained_network(lm: LoadedModel, names: Sequence[str], config_name: str, data_dir: Path,
                     log: Callable[[str], None] | None = None) -> MENDNetwork:
-    """The trained MEND network for (model, layers, config, data): loaded, or trained once."""
+    """The trained MEND network for (model, edited weights, config, data): loaded, or trained once."""
     config = train_config(config_name)
     from editgate.cache import file_sha256
 
     data_hash = file_sha256(data_dir / "counterfact" / "counterfact-train.jsonl")
-    path = cache_path("mend", compute_key(lm, trained_network, layers=list(layers),
+    path = cache_path("mend", compute_key(lm, trained_network, weights=list(names),
                                           config=dataclasses.asdict(config), data=data_hash),
                       ".safetensors")
-    shapes = {layer: tuple(weight_out_in(lm, layer).shape) for layer in layers}
+    shapes = {name: weight_shape(lm, name) for name in names}
 
     def load(file: Path) -> MENDNetwork:
         network = MENDNetwork(shapes, config)
@@ -310,22 +398,23 @@ def trained_network(lm: LoadedModel, layers: Sequence[int], config_name: str, da
     def train_now() -> MENDNetwork:
         say = log or (lambda text: print(f"[mend] {text}", file=sys.stderr, flush=True))
         say(f"no trained network for config {config_name!r} in the cache: training ({path.name})")
-        return train(lm, layers, config, data_dir, say).eval().requires_grad_(False)
+        return train(lm, names, config, data_dir, say).eval().requires_grad_(False)
 
     return get_or_compute(path, train_now, save, load)
 
 
-def train(lm: LoadedModel, layers: Sequence[int], config: TrainConfig, data_dir: Path,
+def train(lm: LoadedModel, names: Sequence[str], config: TrainConfig, data_dir: Path,
           log: Callable[[str], None]) -> MENDNetwork:
     """Fit the gradient networks and step sizes as in the module docstring."""
-    torch.manual_seed(config.seed)
+    if config.edit_loss not in ("edit", "edit+paraphrase"):
+        raise ConfigError(f"mend: edit_loss = {config.edit_loss!r}; choose 'edit' or "
+                          "'edit+paraphrase'")
     requests, _ = training_requests(data_dir, config.examples, config.seed)
-    shapes = {layer: tuple(weight_out_in(lm, layer).shape) for layer in layers}
-    network = MENDNetwork(shapes, config).to(lm.device)
-    _set_normalisation(lm, network, requests[:config.norm_examples], config)
+    network = MENDNetwork({name: weight_shape(lm, name) for name in names}, config).to(lm.device)
+    network.train()
     optimizer = torch.optim.Adam([
-        {"params": list(network.nets.parameters()), "lr": config.lr},
-        {"params": [network.alphas], "lr": config.lr_lr}])
+        {"params": list(network.mend.parameters()), "lr": config.lr},
+        {"params": [network.edit_lrs], "lr": config.lr_lr}])
     start = time.perf_counter()
     steps = 0
     for epoch in range(config.epochs):
@@ -333,67 +422,81 @@ def train(lm: LoadedModel, layers: Sequence[int], config: TrainConfig, data_dir:
             config.seed + epoch)).tolist()
         for first in range(0, len(order), config.batch_size):
             batch = [requests[i] for i in order[first:first + config.batch_size]]
-            edit_loss, loc_loss = _training_losses(lm, network, batch, config)
+            edit_loss, loc_loss = _training_losses(lm, network, names, batch, config)
             loss = config.c_edit * edit_loss + config.c_loc * loc_loss
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-            optimizer.step()
+            grads = [p.grad for p in network.parameters() if p.grad is not None]
+            if all(torch.isfinite(g).all() for g in grads):  # EasyEdit skips non-finite steps
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+                optimizer.step()
             steps += 1
             if steps % 10 == 0 or first + config.batch_size >= len(order):
                 log(f"epoch {epoch + 1}/{config.epochs} step {steps}: edit NLL "
                     f"{edit_loss.item():.3f}, locality KL {loc_loss.item():.4f}, "
-                    f"α {network.alphas.detach().cpu().numpy().round(6).tolist()}, "
+                    f"α {network.edit_lrs.detach().cpu().numpy().round(6).tolist()}, "
                     f"{time.perf_counter() - start:.0f} s")
     network.train_seconds = time.perf_counter() - start
     log(f"trained {steps} steps on {len(requests)} edits in {network.train_seconds:.1f} s")
     return network
 
 
-@torch.no_grad()
-def _set_normalisation(lm: LoadedModel, network: MENDNetwork, requests: Sequence[EditRequest],
-                       config: TrainConfig) -> None:
-    factors = edit_factors(lm, network.layers, requests, config.autocast_bf16)
-    for layer in network.layers:
-        z = torch.cat([torch.cat(f[layer], -1) for f in factors])
-        net = network.nets[str(layer)]
-        net.mean.copy_(z.mean(0))
-        net.std.copy_(z.std(0).clamp_min(1e-6))
-
-
-def _training_losses(lm: LoadedModel, network: MENDNetwork, batch: Sequence[EditRequest],
-                     config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(edit NLL on x_e and x'_e, locality KL on x_loc) after each example's own MEND edit."""
+def _training_losses(lm: LoadedModel, network: MENDNetwork, names: Sequence[str],
+                     batch: Sequence[EditRequest], config: TrainConfig,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edit NLL, locality KL) after each example's own MEND edit, averaged over the batch."""
     n = len(batch)
-    loc_batch = Batch.of(lm, [lm.encode(r.neighborhood_prompts[0], bos=True) for r in batch])
-    loc_mask = loc_batch.mask.bool()
-    factors, base_hidden = _factor_pass(lm, network.layers, batch, config.autocast_bf16, loc_batch)
-    assert base_hidden is not None
-    base_log_probs = F.log_softmax(
-        lm.head_logits(base_hidden[:, :loc_mask.shape[1]][loc_mask].float()), -1)
+    # The unedited pass: edit rows carry each example's own loss (rows are independent, so
+    # row e's factors are those of example e alone); locality rows ride along for P_W.
+    edit_rows, edit_targets = _target_rows(lm, [r.prompt for r in batch],
+                                           [r.target_new for r in batch])
+    loc_ids = [lm.encode(r.neighborhood_prompts[0], bos=True) for r in batch]
+    loc_answers = [lm.encode(r.neighborhood_answer or r.target_true) for r in batch]
+    loc_rows = Batch.of(lm, [p + a for p, a in zip(loc_ids, loc_answers)])
+    # KL over the answer's positions: the last |a_loc| positions of each locality row.
+    loc_positions = [(row, len(p) + t) for row, (p, a) in enumerate(zip(loc_ids, loc_answers))
+                     for t in range(len(a))]
+    both = _stack(lm, [edit_rows, loc_rows])
+    index = torch.tensor([row for row, _, _ in edit_targets], device=lm.device)
+    with torch.enable_grad(), _capture_factors(lm, names) as records:
+        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+            hidden = lm.decoder(input_ids=both.ids, attention_mask=both.mask).last_hidden_state
+        _row_mean(_token_nll(lm, hidden.float(), edit_targets), index, n).sum().backward()
+    loc_index = torch.tensor(loc_positions, device=lm.device)
+    base_hidden = hidden[n:].detach()[loc_index[:, 0], loc_index[:, 1]].float()
+    base_log_probs = F.log_softmax(lm.head_logits(base_hidden), -1)
 
-    # Edited forward: rows [edit prompts | paraphrases | locality], row r uses example r % n's ΔW.
-    target_batch, positions = _target_rows(
-        lm, [r.prompt for r in batch] + [r.paraphrase_prompts[0] for r in batch],
-        [r.target_new for r in batch] * 2)
-    rows = _stack(lm, [target_batch, loc_batch])
-    example = torch.arange(3 * n, device=lm.device) % n
-    updates = {}
-    for layer in network.layers:  # padded per-example factor stacks: U [n, T, d_in], D [n, T, d_out]
-        lefts, rights = zip(*(network.factors_to_update(layer, *f[layer]) for f in factors))
-        updates[layer] = (nn.utils.rnn.pad_sequence([r.T for r in rights], batch_first=True),
-                          nn.utils.rnn.pad_sequence([left.T for left in lefts], batch_first=True))
+    # Each example's ΔW factors, examples in order (the running statistics see them in turn).
+    width = edit_rows.ids.shape[1]
+    per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in names}
+    for e in range(n):
+        for name in names:
+            u = records[name]["u"][e, :width].float()
+            delta = records[name]["out"].grad[e, :width].float()
+            left, right = network.factors_to_update(name, u, delta, observe=True)
+            per_example[name].append((right.T, left.T))  # ũ [T, in], α δ̃ [T, out]
+    stacks = {name: (nn.utils.rnn.pad_sequence([u for u, _ in pairs], batch_first=True),
+                     nn.utils.rnn.pad_sequence([d for _, d in pairs], batch_first=True))
+              for name, pairs in per_example.items()}
 
-    def add_update(layer: int) -> Callable:
+    # Edited pass: rows [edit | paraphrase | locality]; row r uses example (r % n)'s ΔW.
+    prompts = [r.prompt for r in batch]
+    if config.edit_loss == "edit+paraphrase":
+        prompts += [r.paraphrase_prompts[0] for r in batch]
+    target_rows, targets = _target_rows(lm, prompts, [r.target_new for r in batch] * (
+        len(prompts) // n))
+    rows = _stack(lm, [target_rows, loc_rows])
+    example = torch.arange(rows.ids.shape[0], device=lm.device) % n
+
+    def add_update(name: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            u_stack, d_stack = updates[layer]
-            x = args[0].float()
-            change = (x @ u_stack[example].transpose(1, 2)) @ d_stack[example]
+            u_stack, d_stack = stacks[name]
+            change = (args[0].float() @ u_stack[example].transpose(1, 2)) @ d_stack[example]
             return output + change.to(output.dtype)
         return hook
 
-    handles = [lm.module(lm.layout.out_proj_name(layer)).register_forward_hook(add_update(layer))
-               for layer in network.layers]
+    handles = [lm.module(name.removesuffix(".weight")).register_forward_hook(add_update(name))
+               for name in names]
     try:
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
             hidden = lm.decoder(input_ids=rows.ids, attention_mask=rows.mask).last_hidden_state
@@ -401,11 +504,22 @@ def _training_losses(lm: LoadedModel, network: MENDNetwork, batch: Sequence[Edit
         for handle in handles:
             handle.remove()
     hidden = hidden.float()
-    edit_loss = _mean_nll(lm, hidden[:2 * n], positions, 2 * n).mean()
-    loc_hidden = hidden[2 * n:, :loc_mask.shape[1]][loc_mask]
-    edited_log_probs = F.log_softmax(lm.head_logits(loc_hidden), -1)
+    n_target_rows = len(prompts)
+    target_index = torch.tensor([row for row, _, _ in targets], device=lm.device)
+    edit_loss = _row_mean(_token_nll(lm, hidden[:n_target_rows], targets), target_index,
+                          n_target_rows).mean()
+    edited_hidden = hidden[n_target_rows:][loc_index[:, 0], loc_index[:, 1]]
+    edited_log_probs = F.log_softmax(lm.head_logits(edited_hidden), -1)
     kl = (base_log_probs.exp() * (base_log_probs - edited_log_probs)).sum(-1)  # per position
-    return edit_loss, kl.mean()
+    return edit_loss, _row_mean(kl, loc_index[:, 0], n).mean()
+
+
+def _stack(lm: LoadedModel, batches: Sequence[Batch]) -> Batch:
+    """Right-pad several batches to one width and stack their rows."""
+    width = max(b.ids.shape[1] for b in batches)
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)
+    return Batch(torch.cat([pad(b.ids, lm.tokenizer.pad_token_id) for b in batches]),
+                 torch.cat([pad(b.mask, 0) for b in batches]))
 
 
 # --------------------------------------------------------------------------- command line
@@ -420,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_cmd.add_argument("--model", default="smollm2-135m")
     train_cmd.add_argument("--data-dir", default=None)
     train_cmd.add_argument("--layers", default="", help="comma-separated (default: last three)")
+    train_cmd.add_argument("--params", default=None, help="mlp (default) or out")
     args = parser.parse_args(argv)
 
     from editgate.data import resolve_data_dir
@@ -427,10 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lm = load_model(args.model)
     layers = tuple(int(x) for x in args.layers.split(",") if x.strip())
-    hp = dataclasses.replace(MEND().hparams(lm), config=args.config, **(
-        {"layers": layers} if layers else {}))
+    changes = {"config": args.config, **({"layers": layers} if layers else {}),
+               **({"params": args.params} if args.params else {})}
+    hp = dataclasses.replace(MEND().hparams(lm), **changes)
     start = time.perf_counter()
-    trained_network(lm, mend_layers(lm, hp), hp.config, resolve_data_dir(args.data_dir),
+    trained_network(lm, edited_weights(lm, hp), hp.config, resolve_data_dir(args.data_dir),
                     log=lambda text: print(text, flush=True))
     print(f"mend config {args.config!r} for {args.model}: ready in {time.perf_counter() - start:.1f} s")
     return 0
@@ -438,4 +554,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -6,12 +6,17 @@ RECT therefore post-processes any editor's update ΔW: rank the entries by relat
 
     ρ_ij = |ΔW_ij| / |W_ij|
 
-keep the top ``keep_fraction`` of them (the paper keeps 20 %) and zero the rest:
+keep the top ``keep_fraction`` f of them (the paper keeps 20 %) and zero the rest:
 
-    ΔW_RECT = ΔW ⊙ M,   M_ij = 1 iff ρ_ij is among the ⌊keep_fraction · |W|⌉ largest.
+    ΔW_RECT = ΔW ⊙ M,   M_ij = 1 iff ρ_ij ≥ ρ₍ₖ₎,   k = ⌊(1 − f) · |W|⌋
 
-Exactly that many entries are kept per parameter (ties broken by ``torch.topk``); entries of W
-that are exactly zero rank first (ρ = ∞). The result is dense and no longer low rank.
+where ρ₍ₖ₎ is the k-th smallest ratio: the rule of the one public implementation, the AlphaEdit
+repository's ``memit/memit_rect_main.py`` (``kthvalue`` at ⌊(1 − f)·n⌋, ``>=``, ρ = |ΔW / (W + 10⁻⁸)|).
+With distinct ratios that keeps n − k + 1 entries, one more than ⌈f·n⌉ (the boundary entry is
+kept), and ties at the boundary are all kept; f ≥ 1 keeps everything, f ≤ 0 nothing (where the
+reference's ``kthvalue`` fails or keeps the largest entry). Entries of W that are exactly zero rank
+first. The result is dense and no longer low rank. ``tests/test_reference_rome_memit.py`` checks
+``memit+rect`` against that implementation (which hard-codes f = 40 %).
 
 ``rome+rect`` and ``memit+rect`` are the composed editors: the base editor's hyper-parameters
 (``hparams/rome.toml`` / ``memit.toml``) plus ``keep_fraction`` (``hparams/rect.toml``), one flat
@@ -33,12 +38,13 @@ from editgate.editors.rome import ROME
 from editgate.edits import EditRequest
 from editgate.models import LoadedModel
 
-RECT_VERSION = "1"
+RECT_VERSION = "2"
+EPSILON = 1e-8  # added to W before dividing, as the reference does
 DEFAULT_KEEP_FRACTION = 0.2
 
 
 def rect(delta: WeightDelta, lm: LoadedModel, keep_fraction: float) -> WeightDelta:
-    """Keep the ``keep_fraction`` of each update's entries with the largest |ΔW / W|."""
+    """Keep the entries of each update whose |ΔW / W| reaches the top ``keep_fraction``."""
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must lie in [0, 1], got {keep_fraction}")
     params = dict(lm.model.named_parameters())
@@ -46,11 +52,15 @@ def rect(delta: WeightDelta, lm: LoadedModel, keep_fraction: float) -> WeightDel
     for name in delta.updates:
         dense = delta.dense(name)
         weight = params[name].detach().to(dense.device, torch.float32)
-        relative = (dense.float().abs() / weight.abs()).flatten()  # x/0 = inf: ranks first
-        relative = torch.nan_to_num(relative, nan=0.0)  # 0/0: no change at all
-        keep = round(keep_fraction * relative.numel())
-        mask = torch.zeros_like(relative, dtype=torch.bool)
-        mask[torch.topk(relative, keep, sorted=False).indices] = True
+        relative = (dense.float() / (weight + EPSILON)).abs().flatten()
+        relative = torch.nan_to_num(relative, nan=0.0, posinf=torch.finfo(torch.float32).max)
+        k = int(relative.numel() * (1.0 - keep_fraction))
+        if keep_fraction <= 0.0:
+            mask = torch.zeros_like(relative, dtype=torch.bool)
+        elif k == 0:
+            mask = torch.ones_like(relative, dtype=torch.bool)
+        else:
+            mask = relative >= torch.kthvalue(relative.cpu(), k).values.to(relative.device)
         updates[name] = dense * mask.view_as(dense)
     return WeightDelta(updates, {**delta.meta, "rect_keep_fraction": str(keep_fraction)})
 

@@ -1,31 +1,48 @@
 r"""ROME — Rank-One Model Editing (Meng et al., 2022, arXiv 2202.05262).
 
-ROME treats the MLP output projection W of one layer l as a linear associative memory that maps a
-*key* k (the MLP's hidden activation at the subject's last token) to a *value* v (the MLP output,
-written into the residual stream). Rewriting a fact means storing a new pair (k*, v*):
+ROME treats the MLP output projection W (bias b where the architecture has one) of one layer l as a
+linear associative memory that maps a *key* k (the MLP's hidden activation at the subject's last
+token) to a *value* v = W k + b (the MLP output, written into the residual stream). Rewriting a
+fact means storing a new pair (k*, v*):
 
-1. **Key.** k* is the mean key at the subject's last token over a few prefixed contexts
-   ("<generated text>. {prompt}"), so the edit fires regardless of what precedes the subject.
+1. **Key.** k* is the mean key at the subject's last token over the plain prompt and a few
+   prefixed contexts ("<sampled text>. {prompt}"), so the edit fires regardless of what precedes
+   the subject. The reference samples 20 prefixes (``context_template_length_params``
+   ``((5, 10), (10, 10))``: ten of 5 tokens and ten of 10, counting the start word), 20 + 1 in all.
 
-2. **Value.** v* = v₀ + δ, where v₀ = W k at the subject in the plain prompt and δ is optimised
-   by gradient descent so that adding δ to the layer's MLP output makes the new target likely::
+2. **Value.** v* = v₀ + δ, where v₀ is the MLP output at the subject in the plain prompt and δ is
+   optimised with Adam so that adding δ to the layer's MLP output makes the new target likely::
 
-       L(δ) = mean_c −log P(target_new | c(prompt); v ← v + δ)            (efficacy)
-              + λ_KL · KL(P(· | "{s} is a") ‖ P(· | "{s} is a"; v ← v + δ))  (essence drift)
-              + λ_wd · ‖δ‖² / ‖v₀‖²                                        (norm penalty)
+       L(δ) = mean_c −log P(target_new | c(prompt); v ← v + δ)              (efficacy)
+              + λ_KL · KL(P(· | "{s} is a"; v ← v + δ) ‖ P(· | "{s} is a"))  (essence drift)
+              + λ_wd · ‖δ‖ / ‖v₀‖²                                           (norm penalty)
 
-   with ‖δ‖ clamped to ``clamp_norm_factor``·‖v₀‖ after every step.
+   exactly as kmeng01/rome's ``compute_v.py`` writes it: the KL is the edited distribution's
+   divergence from the unedited one (``kl_div(init, new, log_target=True)``), and the penalty is
+   ‖δ‖ — not ‖δ‖² — over ‖v₀‖². ‖δ‖ is clamped to ``clamp_norm_factor``·‖v₀‖ after every step;
+   the loop stops once the *total* loss is below ``early_stop_loss``, and its last iteration only
+   evaluates (``steps`` forward passes, at most ``steps − 1`` updates), as the reference's does.
 
-3. **Update.** The rank-one ΔW that maps k* to v* while disturbing other keys least — least change
+3. **Update.** The rank-one ΔW that maps k to v* while disturbing other keys least — least change
    measured under the key covariance C = E[k kᵀ] over generic text — is::
 
-       ΔW = (v* − W k) uᵀ / (uᵀ k),   u = C⁻¹ k*
+       ΔW = (v* − (W k + b)) uᵀ / (uᵀ k),   u = C⁻¹ k*
 
    Original ROME evaluates ``k`` here at the plain prompt's key while u is built from the
    prefix-averaged k*; R-ROME (Gupta et al., 2024, arXiv 2403.07175) showed this mismatch collapses
-   models under sequential edits and uses k = k* consistently (``consistent_key=True``).
+   models under sequential edits and uses k = k* consistently (``consistent_key=True``). The bias
+   matters on GPT-2/GPT-J/NeoX: leaving it out makes the edited output overshoot v* by b.
 
-Without covariance statistics (``mom2=false``) C = I, i.e. u = k*.
+Without covariance statistics (``mom2=false``, EasyEdit's LLaMA setting) C = I, i.e. u = k*.
+
+Names: editgate's hyper-parameters map to the reference's as ``layer`` ← ``layers[0]``, ``steps``
+← ``v_num_grad_steps``, ``lr`` ← ``v_lr``, ``weight_decay`` ← ``v_weight_decay``, ``mom2`` ←
+``mom2_adjustment``; the others keep their names. ``tests/test_reference_rome_memit.py`` checks
+this file against kmeng01/rome (and R-ROME against EasyEdit) on fixed inputs.
+
+Deliberate deviation, off by default: ``autocast_bf16`` runs the forward passes of the δ
+optimisation under bfloat16 autocast (about 2× faster on CPUs with bf16 matmuls). It changes δ by
+the rounding of bf16 activations, not the method; the agreement tests run without it.
 
 This file edits one request per call (ROME cannot batch); sequential regimes call it repeatedly.
 """
@@ -56,24 +73,29 @@ from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel
 from editgate.stats import second_moments
 
+# (total tokens including the start word, count) per group of sampled prefixes, as the
+# references' ``context_template_length_params``: ROME's 10 of 5 tokens and 10 of 10.
+TemplateLengths = tuple[tuple[int, int], ...]
+
 
 @dataclass(frozen=True)
 class ROMEHParams:
+    """Defaults: kmeng01/rome's ``hparams/ROME/gpt2-xl.json`` (GPT-J's differs only in layer)."""
+
     layer: int = 5
-    steps: int = 25  # gradient steps for δ
+    steps: int = 20  # v_num_grad_steps
     lr: float = 0.5
     kl_factor: float = 0.0625
-    weight_decay: float = 0.5  # λ_wd on ‖δ‖²/‖v₀‖²
+    weight_decay: float = 0.5  # λ_wd on ‖δ‖/‖v₀‖²
     clamp_norm_factor: float = 4.0
-    early_stop_loss: float = 0.05  # stop once the target NLL is this low
-    context_templates: int = 10  # prefixed contexts for k* and v* (plus the plain prompt)
-    context_length: int = 10  # tokens per generated prefix
+    early_stop_loss: float = 0.05  # stop once the total loss is this low
+    context_template_length_params: TemplateLengths = ((5, 10), (10, 10))
     mom2: bool = True  # whiten with C⁻¹ from the corpus (False: C = I)
     mom2_tokens: int = 100_000
     consistent_key: bool = False  # R-ROME's fix
-    # bfloat16 forward passes while optimising δ: 2× faster on CPUs; on SmolLM2 the same
-    # efficacy/paraphrase/neighborhood on 10 CounterFact edits as float32 (see README).
-    autocast_bf16: bool = True
+    # bfloat16 forward passes while optimising δ: about 2x faster on CPUs; a deviation from the
+    # float32 reference, so off unless asked for (module docstring).
+    autocast_bf16: bool = False
 
 
 class ROME(Editor):
@@ -90,7 +112,8 @@ class ROME(Editor):
             raise ValueError(f"{self.name} edits one request per call, got {len(requests)}")
         request = requests[0]
         lm = ctx.lm
-        templates = context_templates(lm, hp.context_templates, hp.context_length, ctx.seed)
+        templates = [t for group in context_template_groups(
+            lm, hp.context_template_length_params, ctx.seed) for t in group]
         prompts = [t.format(request.prompt) for t in templates]
 
         k_star = mlp_keys(lm, hp.layer, prompts, [request.subject] * len(prompts)).mean(0)
@@ -99,31 +122,34 @@ class ROME(Editor):
 
         moment = (second_moments(lm, [hp.layer], ctx.data_dir, n_tokens=hp.mom2_tokens)[hp.layer]
                   if hp.mom2 else None)
+        bias = lm.module(lm.layout.out_proj_name(hp.layer)).bias
         left, right = rank_one_update(weight_out_in(lm, hp.layer).float(), k_star,
-                                      k_star if hp.consistent_key else k_plain, v_star, moment)
+                                      k_star if hp.consistent_key else k_plain, v_star, moment,
+                                      bias=None if bias is None else bias.detach().float())
         update = lowrank_update(lm.layout.transposed, left, right)
         name = lm.layout.weight_name(hp.layer)
         return WeightDelta({name: update}, {"editor": self.name, "layer": str(hp.layer)})
 
 
 def rank_one_update(weight: torch.Tensor, k_star: torch.Tensor, key: torch.Tensor,
-                    v_star: torch.Tensor, moment: torch.Tensor | None,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ΔW = (v* − W key) uᵀ / (uᵀ key) with u = C⁻¹ k* (C = I when ``moment`` is None).
+                    v_star: torch.Tensor, moment: torch.Tensor | None, *,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ΔW = (v* − (W key + b)) uᵀ / (uᵀ key) with u = C⁻¹ k* (C = I when ``moment`` is None).
 
-    Returns (left [d_out], right [d_in]) with ΔW = left ⊗ right; then (W + ΔW) key = v* exactly
-    (up to rounding), and any x with uᵀx = 0 — keys "orthogonal under C⁻¹" — is mapped as before.
-    Solved in float64.
+    Returns (left [d_out], right [d_in]) with ΔW = left ⊗ right; then (W + ΔW) key + b = v*
+    exactly (up to rounding), and any x with uᵀx = 0 — keys "orthogonal under C⁻¹" — is mapped as
+    before. Solved in float64.
     """
     weight64, key64 = weight.double(), key.double()
     u = k_star.double() if moment is None else torch.linalg.solve(
         moment.to(weight.device).double(), k_star.double())
-    left = (v_star.double() - weight64 @ key64) / (u @ key64)
+    current = weight64 @ key64 if bias is None else weight64 @ key64 + bias.double()
+    left = (v_star.double() - current) / (u @ key64)
     return left.float(), u.float()
 
 
 def context_templates(lm: LoadedModel, count: int, length: int, seed: int) -> list[str]:
-    """``["{}"]`` plus ``count`` prefixes sampled from the model itself (as ROME does), cached.
+    """``["{}"]`` plus ``count`` prefixes of ``length`` sampled tokens after a start word, cached.
 
     Sampling uses a fixed seed and top-k 5, so the same model always gets the same templates.
     """
@@ -134,14 +160,41 @@ def context_templates(lm: LoadedModel, count: int, length: int, seed: int) -> li
     return json_cache(path, lambda: ["{}", *_sample_prefixes(lm, count, length, seed)])
 
 
+def context_template_groups(lm: LoadedModel, length_params: TemplateLengths, seed: int,
+                            ) -> list[list[str]]:
+    """``[["{}"], group₁, …]``: one group of prefixes per (total length, count), cached.
+
+    As the references' ``get_context_templates``: prefixes are sampled from the model itself
+    (top-k 5) after the start words "The", "Therefore", "Because", "I", "You" in turn, and a
+    group of length L holds sequences of L tokens counting the start word (and BOS where the
+    model takes one). ROME uses the flat list, MEMIT averages its keys group by group.
+    """
+    lengths = [(int(length), int(count)) for length, count in length_params]
+    path = cache_path("context-templates", compute_key(
+        lm, _sample_prefixes, length_params=lengths, seed=seed), ".json")
+
+    def sample() -> list[list[str]]:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return [["{}"], *(_sample_prefixes(lm, count, length, generator, total_length=True)
+                          for length, count in lengths if count > 0)]
+
+    return json_cache(path, sample)
+
+
+START_WORDS = ("The", "Therefore", "Because", "I", "You")
+
+
 @torch.no_grad()
-def _sample_prefixes(lm: LoadedModel, count: int, length: int, seed: int) -> list[str]:
-    starts = ["The", "Therefore", "Because", "I", "You"]
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+def _sample_prefixes(lm: LoadedModel, count: int, length: int, seed: int | torch.Generator,
+                     *, total_length: bool = False) -> list[str]:
+    """``count`` prefixes "<start word> <sampled tokens>. {}" (``length`` sampled tokens, or
+    ``length`` tokens in all with ``total_length``), top-k 5."""
+    generator = (seed if isinstance(seed, torch.Generator)
+                 else torch.Generator(device="cpu").manual_seed(seed))
     prefixes = []
     for index in range(count):
-        ids = lm.encode(starts[index % len(starts)], bos=True)
-        for _ in range(length):
+        ids = lm.encode(START_WORDS[index % len(START_WORDS)], bos=True)
+        for _ in range(length - len(ids) if total_length else length):
             logits = lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0, -1]
             top = logits.float().topk(5)
             choice = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator)
@@ -212,7 +265,7 @@ def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
 
     handle = module.register_forward_hook(add_delta)
     try:
-        for _ in range(hp.steps):
+        for step in range(hp.steps):
             optimizer.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=hp.autocast_bf16):
                 hidden = lm.decoder(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
@@ -222,10 +275,12 @@ def compute_value(lm: LoadedModel, request: EditRequest, prompts: Sequence[str],
             log_probs = F.log_softmax(lm.head_logits(target_hidden), dim=-1)
             nll = -log_probs.gather(-1, target_ids.expand(n_rewrite, -1)[..., None]).mean()
             kl_log_probs = F.log_softmax(lm.head_logits(hidden[n_rewrite, lookup[n_rewrite]]), dim=-1)
-            kl = F.kl_div(kl_log_probs, kl_reference, log_target=True, reduction="sum")
-            penalty = delta.norm() ** 2 / v0.norm() ** 2
+            # KL(new ‖ unedited): kl_div(input, target) = Σ p_target (log p_target − input).
+            kl = F.kl_div(kl_reference, kl_log_probs, log_target=True, reduction="sum")
+            penalty = delta.norm() / v0.norm() ** 2
             loss = nll + hp.kl_factor * kl + hp.weight_decay * penalty
-            if nll.item() < hp.early_stop_loss:
+            # As the reference: stop on the total loss; the last pass only evaluates.
+            if loss.item() < hp.early_stop_loss or step == hp.steps - 1:
                 break
             loss.backward()
             optimizer.step()

@@ -28,7 +28,7 @@ def suite(pytester, data_dir, tmp_path, monkeypatch):
 
 # One ability keeps these runs about the plugin's mechanics, not about scoring many tasks.
 BASE = ["ability_tests", "--model", "tiny-llama", "--abilities", "sentiment"]
-FAST_ROME = ["--hparam", "rome.steps=3", "--hparam", "rome.context_templates=1",
+FAST_ROME = ["--hparam", "rome.steps=3", "--hparam", "rome.context_template_length_params=[[5, 1]]",
              "--hparam", "rome.mom2=False", "--hparam", "rome.layer=1"]
 
 

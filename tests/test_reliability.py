@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ["--model", "tiny-llama", "--abilities", "sentiment", "--editors", "rome",
           "--regimes", "single,sequential-4",
           "--checkpoints", "2,4", "--limit", "10", "-k", "not baseline", "-p", "no:cacheprovider",
-          "--hparam", "rome.steps=4", "--hparam", "rome.context_templates=1",
+          "--hparam", "rome.steps=4", "--hparam", "rome.context_template_length_params=[[5, 1]]",
           "--hparam", "rome.mom2=False", "--hparam", "rome.layer=1"]
 
 

@@ -124,7 +124,7 @@ class BrokenEditor(Editor):
         raise RuntimeError("rank-one update is singular")
 
 
-FAST_ROME = ["--hparam", "rome.steps=3", "--hparam", "rome.context_templates=1",
+FAST_ROME = ["--hparam", "rome.steps=3", "--hparam", "rome.context_template_length_params=[[5, 1]]",
              "--hparam", "rome.mom2=False", "--hparam", "rome.layer=1"]
 
 

@@ -45,8 +45,8 @@ def test_rank_one_update_properties(d_out, d_in, seed, use_moment, consistent):
 
 def _edit(lm, data_dir, **overrides):
     editor = ROME()
-    hp = editor.hparams(lm, {"layer": 1, "steps": 5, "context_templates": 2,
-                             "context_length": 3, "mom2_tokens": 2048, **overrides})
+    hp = editor.hparams(lm, {"layer": 1, "steps": 5, "context_template_length_params": ((3, 2),),
+                             "mom2_tokens": 2048, **overrides})
     return editor.edit(EditContext(lm, data_dir), [REQUEST], hp), hp
 
 
@@ -63,7 +63,8 @@ def test_rome_is_rank_one_and_pure(tiny, data_dir):
 
 def test_rome_writes_v_star_at_the_key(tiny, data_dir):
     """After applying, the MLP output at k* moves by exactly ΔW k* (C = I, consistent key)."""
-    delta, hp = _edit(tiny, data_dir, mom2=False, consistent_key=True, context_templates=0)
+    delta, hp = _edit(tiny, data_dir, mom2=False, consistent_key=True,
+                      context_template_length_params=())
     k_star = mlp_keys(tiny, hp.layer, [REQUEST.prompt], [REQUEST.subject])[0]
     w_before = weight_out_in(tiny, hp.layer).detach().clone()
     with delta.applied(tiny.model):
