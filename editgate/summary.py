@@ -216,6 +216,17 @@ def _glue_eval_table(report: RunReport, console: Console) -> None:
     """The glue_eval tasks as the papers tabulate them: weighted F1 / MCC per task, the unedited
     model first, then every edited state."""
     tasks = [a for a, m in report.ability_metrics() if m == "weighted_f1"]
+    golden = {b.ability: b.summary.get("metrics", {}) for b in report.baselines
+              if "weighted_f1" in b.summary.get("metrics", {})}
+    if not tasks and golden:  # a baseline-only run: the golden (float32) scores
+        table = Table(title="glue_eval · weighted F1 / MCC / answered (unedited, float32)",
+                      title_justify="left")
+        for task in golden:
+            table.add_column(task.removeprefix("glue_"), justify="right", no_wrap=True)
+        table.add_row(*[f"{m['weighted_f1']['mean']:.3f} / {m['mcc']['mean']:+.2f} / "
+                        f"{m['answered']['mean']:.2f}" for m in golden.values()])
+        console.print(table)
+        return
     if not tasks:
         return
     gates = {(g.case, g.ability, g.metric): g for g in report.gates}
