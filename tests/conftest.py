@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from editgate.data import resolve_data_dir
 from editgate.testing import TINY_ARCHS, tiny_model
@@ -26,3 +27,13 @@ def smollm2():
     from editgate.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU two threads are much slower.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

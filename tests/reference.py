@@ -87,3 +87,10 @@ class ReferenceRunner:
             logprobs = F.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
             out.append(request.reduce(logprobs, torch.tensor(target)))
         return out
+
+
+def agreement(ours: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(cosine, relative Frobenius error ‖ours − reference‖ / ‖reference‖), in float64: how
+    editgate's editors are compared with their reference implementations' outputs."""
+    a, b = ours.double().flatten(), reference.double().flatten()
+    return float(a @ b / (a.norm() * b.norm())), float((a - b).norm() / b.norm())

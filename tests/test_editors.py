@@ -53,13 +53,7 @@ TINY_HPARAMS: dict[str, dict] = {
 BUILTIN = sorted(TINY_HPARAMS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU two threads are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def edit(lm, data_dir, name: str, requests, state: dict | None = None, **overrides) -> WeightDelta:

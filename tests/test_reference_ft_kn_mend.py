@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import agreement
 from safetensors import safe_open
 
 from editgate.delta import lowrank_update
@@ -49,11 +50,6 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 for k, v in (handle.metadata() or {}).items()}
         names = list(handle.keys())  # a safe_open handle is not iterable
         return {k: handle.get_tensor(k) for k in names}, meta
-
-
-def agreement(mine: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    a, b = mine.double().flatten(), reference.double().flatten()
-    return float(a @ b / (a.norm() * b.norm())), float((a - b).norm() / b.norm())
 
 
 def assert_agrees(mine: torch.Tensor, reference: torch.Tensor, bounds: tuple[float, float],
@@ -99,12 +95,7 @@ def request(r: dict, index: int = 0) -> EditRequest:
     return EditRequest(f"ref-{index}", r["prompt"], r["subject"], r["target_new"], r["ground_truth"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads on a shared CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ FT-L and FT-M

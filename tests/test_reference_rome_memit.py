@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from reference import agreement
 from safetensors.torch import load_file
 
 import editgate.editors.alphaedit as alphaedit_module
@@ -43,19 +44,7 @@ TINY = ("tiny-gpt2", "tiny-llama")
 COSINE, RELATIVE = 0.999, 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; SmolLM2 runs use what the session set."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def agreement(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """(cosine, relative Frobenius error ‖ours − ref‖ / ‖ref‖) in float64."""
-    a, b = ours.double().flatten(), ref.double().flatten()
-    return float(a @ b / (a.norm() * b.norm())), float((a - b).norm() / b.norm())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_agrees(ours: torch.Tensor, ref: torch.Tensor, what: str, *, cosine: float = COSINE,
