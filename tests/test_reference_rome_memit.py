@@ -283,12 +283,11 @@ def smollm2_covs(smollm2, data_dir) -> dict[int, torch.Tensor]:
 
 
 @pytest.mark.real_model
-# AlphaEdit's SmolLM2 case was not produced (its reference run was cut off); its projection,
-# keys, targets and update agree on both tiny models above.
-@pytest.mark.parametrize("editor", ["rome", "r-rome", "memit"])
+@pytest.mark.parametrize("editor", ["rome", "r-rome", "memit", "alphaedit"])
 def test_smollm2_matches_reference(editor, smollm2, smollm2_covs, fixed_inputs, monkeypatch,
                                    data_dir):
     case = CASES[f"{editor}-smollm2"]
     fixed_inputs(case, smollm2_covs)
-    check = {"rome": check_rome, "r-rome": check_rome, "memit": check_memit}[editor]
+    check = {"rome": check_rome, "r-rome": check_rome, "memit": check_memit,
+             "alphaedit": check_alphaedit}[editor]
     check(smollm2, case, monkeypatch, data_dir, cosine=COSINE, relative=RELATIVE)
