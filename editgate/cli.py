@@ -29,14 +29,12 @@ def _human(size: float) -> str:
 
 
 def cmd_list(console: Console) -> int:
-    from editgate.models import PACKAGED_MODELS
-    from editgate.registry import ABILITIES, EDITORS
+    from editgate.registry import ABILITIES, EDITORS, MODELS
 
     table = Table(title="editgate registry", title_justify="left")
     table.add_column("kind")
     table.add_column("names")
-    table.add_row("models", ", ".join(PACKAGED_MODELS) + ", tiny-{gpt2,llama,gemma3}, "
-                  "or any local directory / hub id")
+    table.add_row("models", ", ".join(MODELS.names()) + ", or any local directory / hub id")
     table.add_row("editors", ", ".join(EDITORS.names()))
     table.add_row("abilities", ", ".join(ABILITIES.names()))
     table.add_row("regimes", "single, sequential-N, batch-N, batch-B-sequential-N")

