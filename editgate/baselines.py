@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from editgate.abilities.base import ItemResult
+from editgate.abilities.base import AbilityRun, ItemResult
 from editgate.cache import atomic_write_text, cache_key, cache_root, file_lock
 from editgate.gate import aggregate, aggregate_ci
-
-if TYPE_CHECKING:
-    from editgate.session import EditgateSession
 
 GOLDEN_FORMAT = 2
 # Float32 means moved by at most 3e-5 across the CPU kernels measured: 30x headroom.
@@ -54,10 +51,10 @@ def _prediction(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def summarize(run: Any, results: Sequence[ItemResult], requests_digest: str | None,
+def summarize(run: AbilityRun, results: Sequence[ItemResult], requests_digest: str | None,
               ) -> dict[str, Any]:
     """The golden entry of one ability: what was scored, every metric's mean and CI, and every
-    item's prediction (``run`` is an :class:`editgate.evaluate.AbilityRun`)."""
+    item's prediction."""
     metrics = {}
     for metric in run.ability.active_metrics(run.generation):
         low, high = aggregate_ci(results, metric.name)
@@ -123,27 +120,26 @@ def check(path: Path, ability: str, current: dict[str, Any]) -> list[str]:
 
 
 class GoldenBaselines:
-    """The golden check of one run: scores the unedited model in the golden precision and
-    compares it with (or, with ``update``, writes it to) the golden file under ``directory``."""
+    """The golden check of one run: compares the unedited model's float32 scores with (or, with
+    ``update``, writes them to) the golden file under ``directory``.
 
-    def __init__(self, session: EditgateSession, directory: Path, update: bool) -> None:
-        self.session, self.directory, self.update = session, directory, update
+    ``score(ability)`` gives the ability's entry as scored now (:func:`summarize` of the golden
+    results; the session provides it), so this module needs nothing of the session.
+    """
+
+    def __init__(self, directory: Path, update: bool, *, model: str, profile: str, precision: str,
+                 score: Callable[[str], dict[str, Any]]) -> None:
+        self.directory, self.update, self.score = directory, update, score
+        self.header = {"model": model, "profile": profile, "precision": precision}
 
     @property
     def path(self) -> Path:
-        settings = self.session.settings
-        return golden_path(self.directory, settings.model, settings.profile.name,
-                           self.session.golden_runner.eval_dtype)
+        return golden_path(self.directory, **self.header)
 
     def verify(self, ability: str) -> tuple[dict[str, Any], list[str]]:
         """(the ability's golden entry as scored now, its differences from the golden file)."""
-        session = self.session
-        run = session.ability_run(ability)
-        current = summarize(run, session.golden_results(ability),
-                            run.requests_digest(session.lm))
+        current = self.score(ability)
         if self.update:
-            update(self.path, {"model": session.settings.model,
-                               "profile": session.settings.profile.name,
-                               "precision": session.golden_runner.eval_dtype}, ability, current)
+            update(self.path, self.header, ability, current)
             return current, []
         return current, check(self.path, ability, current)

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editgate.abilities.base import ItemResult
+from editgate.abilities.base import AbilityRun, ItemResult
 from editgate.cache import atomic_write_text, cache_key
 from editgate.data import resolve_data_dir
 from editgate.delta import WeightDelta
-from editgate.evaluate import AbilityRun, cached_evaluate, prepare
+from editgate.evaluate import cached_evaluate, prepare
 from editgate.fingerprint import code_fingerprint
 from editgate.gate import Tolerances, bootstrap_ci, is_corpus_statistic
 from editgate.models import DTYPES, LoadedModel, load_model

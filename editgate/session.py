@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 
-from editgate.abilities.base import ItemResult
-from editgate.baselines import golden_precision
+from editgate.abilities.base import AbilityRun, ItemResult
+from editgate.baselines import golden_precision, summarize
 from editgate.cache import atomic_write, cache_path, file_lock
 from editgate.delta import AppliedDelta, WeightDelta
 from editgate.edit_success import edit_success, locality_reference
 from editgate.editors.base import EditContext, Editor
 from editgate.edits import EditRequest, load_edit_requests, read_edit_file
 from editgate.errors import DataError, EditFailure, EditgateError
-from editgate.evaluate import AbilityRun, cached_evaluate, prepare, results_key
+from editgate.evaluate import cached_evaluate, prepare, results_key
 from editgate.fingerprint import compute_key
 from editgate.models import LoadedModel, load_model, param_digests, weights_digest
 from editgate.profiles import Profile
@@ -157,6 +157,11 @@ class EditgateSession:
             self._golden[ability] = cached_evaluate(run, self.golden_runner, "base", advance)
             self.timings[f"golden.{ability}_s"] = time.perf_counter() - start
         return self._golden[ability]
+
+    def golden_entry(self, ability: str) -> dict[str, Any]:
+        """The ability's golden-file entry as scored now (see :class:`editgate.baselines.GoldenBaselines`)."""
+        run = self.ability_run(ability)
+        return summarize(run, self.golden_results(ability), run.requests_digest(self.lm))
 
     def ensure_baselines(self, abilities: list[str], max_edits: int = 0,
                          golden: list[str] = ()) -> None:

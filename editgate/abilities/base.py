@@ -12,14 +12,17 @@ metrics, where only the continuous one can show damage.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from editgate.data import DatasetSpec, Record
+from editgate.fingerprint import code_fingerprint
 from editgate.models import LoadedModel
-from editgate.runner import Choices, ChoiceScores, Distributions, Generate
+from editgate.runner import AbilityRunner, Choices, ChoiceScores, Distributions, Generate
 
 Request = Choices | Generate | Distributions
 Output = ChoiceScores | str | Any
@@ -154,16 +157,90 @@ class Ability:
         chosen = order if limit is None else order[:limit]
         return [items[i] for i in chosen]
 
-    def evaluate(self, run: Any, runner: Any, state: str,
+    def evaluate(self, run: AbilityRun, runner: AbilityRunner, state: str,
                  progress: Callable[[int], None] | None = None) -> list[ItemResult]:
         """Per-item results on the runner's model in weight state ``state`` ('base' = unedited).
 
         The default builds every item's requests, runs them in bulk and scores each item; an
         ability that compares against its own baseline (the KL canary) overrides this.
         """
-        from editgate.evaluate import run_requests
-
         return run_requests(run, runner, progress)
+
+
+@dataclass(frozen=True)
+class AbilityRun:
+    """An ability resolved for one session: what is scored, and how it is prompted."""
+
+    ability: Ability
+    items: tuple[Item, ...]
+    shots: tuple[Item, ...]
+    style: PromptStyle
+    generation: bool
+    data_fingerprint: str
+    profile: str
+    # Requests digests per model fingerprint (building every prompt again for each key is slow).
+    _requests_digests: dict[str, str | None] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.ability.name
+
+    def key(self) -> dict[str, Any]:
+        """Everything the scores depend on apart from the model, its weights and the kernels:
+        the items and prompt style, and the ability's code (its module and what it imports)."""
+        return {
+            "ability": self.name, "code": code_fingerprint(type(self.ability)),
+            "data": self.data_fingerprint, "items": [i.id for i in self.items],
+            "shots": [s.id for s in self.shots], "style": self.style.key(),
+            "generation": self.generation,
+        }
+
+    def requests_digest(self, lm: LoadedModel) -> str | None:
+        """sha256 of the exact requests (prompt texts, continuations, stop strings, caps) every item
+        sends to the runner on ``lm``; None for an ability that builds no per-item requests."""
+        if lm.fingerprint not in self._requests_digests:
+            sha = hashlib.sha256()
+            try:
+                for item in self.items:
+                    requests = self.ability.requests(item, self.shots, self.style, lm,
+                                                     self.generation)
+                    sha.update(json.dumps({name: _request_fields(request) for name, request
+                                           in sorted(requests.items())}).encode())
+                digest: str | None = sha.hexdigest()
+            except NotImplementedError:  # an ability that overrides evaluate() instead
+                digest = None
+            self._requests_digests[lm.fingerprint] = digest
+        return self._requests_digests[lm.fingerprint]
+
+
+def _request_fields(request: Any) -> dict[str, Any]:
+    """A request's fields as JSON-able values; a callable (a Distributions reducer) by name."""
+    fields = {"kind": type(request).__name__}
+    for item in dataclasses.fields(request):
+        value = getattr(request, item.name)
+        fields[item.name] = (value.__qualname__ if callable(value) else value)
+    return fields
+
+
+def run_requests(run: AbilityRun, runner: AbilityRunner,
+                 progress: Callable[[int], None] | None = None) -> list[ItemResult]:
+    """The default evaluation: every item's requests, run in bulk by kind, then scored per item."""
+    per_item: list[dict[str, Request]] = [
+        run.ability.requests(item, run.shots, run.style, runner.lm, run.generation)
+        for item in run.items
+    ]
+    outputs: list[dict[str, Any]] = [{} for _ in per_item]
+    total = sum(len(reqs) for reqs in per_item)
+    step = (lambda n: progress(n * len(run.items) / max(total, 1))) if progress else None
+    for kind, method in ((Choices, runner.loglikelihood), (Distributions, runner.distributions),
+                         (Generate, runner.generate)):
+        keys = [(i, k) for i, reqs in enumerate(per_item) for k, r in reqs.items()
+                if isinstance(r, kind)]
+        if keys:
+            for (i, k), out in zip(keys, method([per_item[i][k] for i, k in keys], progress=step)):
+                outputs[i][k] = out
+    return [run.ability.score(item, out, run.style) for item, out in zip(run.items, outputs)]
 
 
 def prompt(lm: LoadedModel, style: PromptStyle, shots: Sequence[tuple[str, str]], query: str, *,

@@ -11,16 +11,23 @@ the KL (data-processing inequality): the canary never reports more drift than th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from editgate.abilities.base import Ability, Item, ItemResult, Metric, Output, PromptStyle
+from editgate.abilities.base import (
+    Ability,
+    AbilityRun,
+    Item,
+    ItemResult,
+    Metric,
+    Output,
+    PromptStyle,
+)
 from editgate.abilities.perplexity import WIKITEXT, paragraphs
 from editgate.cache import cache_key, cache_path, get_or_compute
 from editgate.data import Record
-from editgate.runner import Distributions
+from editgate.runner import AbilityRunner, Distributions
 
 TOP_K = 32
 
@@ -54,11 +61,11 @@ class KLDrift(Ability):
     def split(self, records: Sequence[Record]) -> tuple[list[Item], list[Item]]:
         return [], paragraphs(records, parity=1, words=self.words)
 
-    def _requests(self, run: Any, reduce: Callable[[int], Callable]) -> list[Distributions]:
+    def _requests(self, run: AbilityRun, reduce: Callable[[int], Callable]) -> list[Distributions]:
         return [Distributions(f"= {item['title']} =\n", item["text"], reduce(n))
                 for n, item in enumerate(run.items)]
 
-    def evaluate(self, run: Any, runner: Any, state: str,
+    def evaluate(self, run: AbilityRun, runner: AbilityRunner, state: str,
                  progress: Callable[[int], None] | None = None) -> list[ItemResult]:
         path = cache_path("kl-base", cache_key(run=run.key(), model=runner.fingerprint,
                                                top_k=TOP_K), ".safetensors")
