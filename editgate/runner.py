@@ -23,8 +23,8 @@ Where the speed comes from (fp32 on a CPU is bound by matmul FLOPs, so the runne
    Cache columns no live row attends to are dropped as rows leave.
 6. Identical requests are run once (a calibration prompt shared by every item costs one request).
 7. Mixed precision: with ``eval_dtype="bfloat16"`` (the default) the decoder's matmuls run in
-   bfloat16 under autocast — 2.4x this CPU's fp32 matmul ceiling — while the weights, the
-   residual stream, the norms and the LM head stay float32, so an edit is applied to exact
+   bfloat16 under autocast (a CPU with bf16 instructions multiplies faster in it) while the
+   weights, the residual stream, the norms and the LM head stay float32, so an edit is applied to exact
    float32 weights and every log-prob comes out of a float32 softmax. The agreement with
    float32 evaluation is measured by ``benchmarks/bf16_agreement.py`` (README, "Precision").
    Greedy generation runs in ``generation_dtype`` (float32 by default): a bf16 answer depends
@@ -58,15 +58,13 @@ from editgate.errors import KernelUnavailable
 from editgate.fingerprint import code_fingerprint
 from editgate.models import DTYPES, LoadedModel
 
-# The precision of the suite's scoring forwards (README, "Precision"): bf16 autocast over float32
-# weights fired no gate as an "edit" of float32 scoring, changed 1 of 230 gate verdicts on edited
-# SmolLM2 states, and scores the quick profile 2.2x faster on a 2-core CPU.
+# The precision of the suite's scoring forwards: bf16 autocast over float32 weights, faster than
+# float32 and close enough for gates (its agreement and speed-up: README, "Precision").
 DEFAULT_EVAL_DTYPE = "bfloat16"
 # Greedy generation stays float32: bf16 rounding depends on the batch a row shares, and one flipped
-# token changes the rest of the answer. Of 40 GSM8K/SAMSum answers, 5 changed in bf16 when only the
-# generation batch size did (16 → 5), none in float32 (benchmarks/generation_batch_variance.py).
-# In a gate, an edit that shortens one answer would regroup the batches and change other answers
-# for no reason of their own.
+# token changes the rest of the answer (benchmarks/generation_batch_variance.py). In a gate, an edit
+# that shortens one answer would regroup the batches and change other answers for no reason of
+# their own.
 DEFAULT_GENERATION_DTYPE = "float32"
 # (tokens per scoring forward, rows per forward, rows per generation batch).
 DEFAULT_BATCH_LIMITS = (4096, 32, 16)
@@ -194,8 +192,8 @@ class AbilityRunner:
         """The context every forward of an evaluation runs in (autocast to ``eval_dtype``).
 
         Autocast re-casts each frozen weight at every forward: its cast cache keeps only weights
-        that require grad. Caching them measured ≈ 4 % of generation CPU time, within noise, so
-        the weights stay frozen."""
+        that require grad. Caching them saved nothing beyond noise in generation, so the weights
+        stay frozen."""
         stack = contextlib.ExitStack()
         if self.autocast_dtype is not None:
             stack.enter_context(torch.autocast(self.lm.device.type, dtype=self.autocast_dtype))
@@ -332,9 +330,9 @@ class AbilityRunner:
         its rows × its largest ``cost`` (every row pads to the longest) plus ``overhead`` token
         equivalents for the forward itself, within the token budget and row ``cap``.
 
-        Filling each batch greedily wasted 28 % of PIQA's forward tokens (a 136-token row sets the
-        width for 29 rows of ~60); the exact split by dynamic programming over cut points wastes
-        9 %. ``body[i]`` is row i's padded part, ``span[i]`` all positions it will occupy after the
+        Filling each batch greedily lets one long row set the width of many short ones; the exact
+        split by dynamic programming over cut points pads a fraction as much (README, "Runner
+        speed"). ``body[i]`` is row i's padded part, ``span[i]`` all positions it will occupy after the
         prefix. With sliding-window attention, a batch whose longest row outgrows the window only
         holds rows of one body length, so no padding sits inside anyone's window.
         """
