@@ -1,4 +1,4 @@
-"""``python -m editgate.report``: show, compare and re-render stored runs.
+"""``python -m editgate.report``: show, compare, re-render and merge stored runs.
 
 A RUN is a run JSON file, a run id (or unique prefix) from the history, or ``last``. Runs found
 only in the history (their JSON deleted) have no per-item results: every view works, the HTML
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from editgate.report.history import HISTORY_FILE, History
+from editgate.report.merge import MergeError
 from editgate.report.schema import RunReport, SchemaError, load_run
 
 
@@ -84,6 +85,19 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from editgate.report.merge import merge
+    from editgate.report.output import new_run_id, write_run
+    from editgate.summary import render_run
+
+    shards = [resolve(run, args.report_dir) for run in args.runs]
+    report = merge(shards, run_id=new_run_id(), sources=args.runs)
+    paths = write_run(report, args.output_dir or args.report_dir)
+    render_run(report, sys.stdout, width=args.width, color=sys.stdout.isatty())
+    print(f"merged {len(shards)} shard runs into {report.run_id}: {paths['json']}, {paths['html']}")
+    return int(report.exit_status or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editgate.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,13 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     html.add_argument("run")
     html.add_argument("-o", "--output", type=Path, help="output file (default: <run id>.html)")
     html.set_defaults(func=_cmd_html)
+    merge = commands.add_parser(
+        "merge", help="one run report (JSON, HTML, history, exit status) from a sharded matrix")
+    merge.add_argument("runs", nargs="+", help="the shards' runs (run JSON files or ids)")
+    merge.add_argument("-o", "--output-dir", type=Path,
+                       help="where the merged run goes (default: --report-dir)")
+    merge.set_defaults(func=_cmd_merge)
     hist = commands.add_parser("history", help="list stored runs, newest first")
     hist.add_argument("-n", "--limit", type=int, default=20)
     hist.set_defaults(func=_cmd_history)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (KeyError, SchemaError, OSError) as exc:
+    except (KeyError, SchemaError, MergeError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -5,31 +5,26 @@ Enabled next to :mod:`editgate.plugin` (the project's root ``conftest.py`` lists
 reports — in the controller process, so it works the same under pytest-xdist — and at the end of
 the session (controller only) writes::
 
-    reports/runs/<run id>.json     the run in the versioned editgate.run schema
-    reports/runs/<run id>.html     the self-contained HTML report
-    reports/latest.json|html       copies of the newest run (stable paths for CI artifacts)
-    reports/history.sqlite         one row per run (see editgate.report.history)
+    reports/runs/<run id>.json|html, reports/latest.json|html, reports/history.sqlite
+(:mod:`editgate.report.output`).
 
 A session without gate records (e.g. ``pytest tests``) writes nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import secrets
-import shutil
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from editgate.outcomes import PROPERTY
+from editgate.report.output import new_run_id, now
 from editgate.report.schema import Comparison, RunReport, Tally, Timings
 
 PLUGIN_NAME = "editgate-report"
@@ -54,15 +49,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "rootdir)", default="reports")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def new_run_id(moment: datetime | None = None) -> str:
-    """Sortable by time, unique across concurrent runs: ``20250112T101530Z-3fa2c1``."""
-    return f"{(moment or _now()).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-
-
 def latest_benchmarks(folder: Path) -> list[dict[str, Any]]:
     """The newest pytest-benchmark result file under ``folder`` (``make bench`` saves there)."""
     files = sorted(folder.glob("**/*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
@@ -80,7 +66,7 @@ def latest_benchmarks(folder: Path) -> list[dict[str, Any]]:
 class ReportPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.started = _now()
+        self.started = now()
         self.clock = time.perf_counter()
         self.records: list[tuple[str, dict[str, Any]]] = []
         self.durations: dict[str, float] = defaultdict(float)
@@ -197,7 +183,7 @@ class ReportPlugin:
         report = build_report(records, env, run_id=new_run_id(self.started),
                               created=self.started.isoformat(timespec="seconds"), timings=timings,
                               tests=self.tally)
-        report.finished = _now().isoformat(timespec="seconds")
+        report.finished = now().isoformat(timespec="seconds")
         report.exit_status = exitstatus
         return report
 
@@ -224,23 +210,9 @@ class ReportPlugin:
         self.regressed = bool(report.comparison.regressions)
 
     def write(self, report: RunReport) -> None:
-        from editgate.cache import atomic_write_text
-        from editgate.report.history import HISTORY_FILE, History
-        from editgate.report.html import render_html
-        from editgate.report.schema import save_run
+        from editgate.report.output import write_run
 
-        folder = self.report_dir()
-        runs = folder / "runs"
-        json_path = save_run(report, runs / f"{report.run_id}.json")
-        html_path = runs / f"{report.run_id}.html"
-        atomic_write_text(html_path, render_html(report))
-        for path in (json_path, html_path):
-            path.chmod(0o644)  # written through a private temp file: make them readable like any output
-        for source, name in ((json_path, "latest.json"), (html_path, "latest.html")):
-            with contextlib.suppress(OSError):
-                shutil.copyfile(source, folder / name)
-        History(folder / HISTORY_FILE).append(report, json_path)
-        self.paths = {"json": json_path, "html": html_path, "history": folder / HISTORY_FILE}
+        self.paths = write_run(report, self.report_dir())
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
