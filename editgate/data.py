@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from editgate.cache import file_sha256
-from editgate.errors import DataError
+from editgate.errors import DataError, DataMissing
 
 DATA_DIR_ENV = "EDITGATE_DATA_DIR"
 OFFLINE_ENVS = ("EDITGATE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -111,7 +111,7 @@ def check_unique(records: Sequence[Record], key: Callable[[Record], str], field:
 def read_jsonl(path: Path, schema: Sequence[Field] = ()) -> list[Record]:
     """Read and validate a JSONL file; the first bad line raises a :class:`DataError`."""
     if not path.is_file():
-        raise DataError("file not found", path=path)
+        raise DataMissing("file not found", path=path)
     records: list[Record] = []
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
@@ -178,7 +178,7 @@ def load_dataset(spec: DatasetSpec, data_dir: Path) -> LoadedDataset:
     if path.is_file():
         return LoadedDataset(read_jsonl(path, spec.schema), file_sha256(path))
     if spec.hub is None or not network_allowed():
-        raise DataError(
+        raise DataMissing(
             "file not found" + ("" if spec.hub is None else " (hub fallback disabled: offline)"),
             path=path,
         )

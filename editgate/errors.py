@@ -28,6 +28,10 @@ class DataError(EditgateError):
         super().__init__(where + message)
 
 
+class DataMissing(DataError):
+    """A data file that is not there at all (as opposed to one that is malformed)."""
+
+
 class ConfigError(EditgateError):
     """An option, a config file or a registry name is wrong."""
 

@@ -126,6 +126,8 @@ class EditgatePlugin:
         self.collected_abilities: list[str] = []  # gated: scored in the eval precision
         self.golden_abilities: list[str] = []  # golden-checked: scored in float32
         self._ability_keywords: dict[str, tuple[str, ...]] = {}
+        # Abilities left out because their data file is missing: ability → the line saying so.
+        self.missing_data: dict[str, str] = {}
 
     def setup(self) -> None:
         """Resolve options on first use, so runs without gate tests never need data or models."""
@@ -210,7 +212,7 @@ class EditgatePlugin:
         """Everything checkable without loading the model: fail before the first test, not after
         an hour of editing. Data files are parsed and validated here (a second or two)."""
         from editgate.editors.base import check_overrides
-        from editgate.errors import ConfigError
+        from editgate.errors import ConfigError, DataMissing
         from editgate.models import DTYPES, validate_model_spec
         from editgate.registry import EDITORS
 
@@ -226,7 +228,14 @@ class EditgatePlugin:
         for editor, overrides in settings.hparam_overrides.items():
             check_overrides(EDITORS.get(editor), overrides)
         for ability in self.abilities:
-            self.session.ability_run(ability)  # loads and validates the ability's data
+            try:
+                self.session.ability_run(ability)  # loads and validates the ability's data
+            except DataMissing as exc:  # the others still run; malformed data still stops the run
+                self.missing_data[ability] = (
+                    f"{ability}: {exc}. Put the file there, point --data-dir (ini "
+                    f"editgate_data_dir) at a folder that has it, or leave {ability} out of "
+                    "--abilities")
+        self.abilities = [a for a in self.abilities if a not in self.missing_data]
         self.session.requests(max(r.total for r in self.regimes))  # and the edit requests
 
     # ---------------------------------------------------------------- session
@@ -299,8 +308,10 @@ class EditgatePlugin:
             metafunc.parametrize("ability_metric", pairs, ids=[f"{a}-{m}" for a, m in pairs])
         if "success_metric" in names:
             metafunc.parametrize("success_metric", SUCCESS_METRICS)
-        if "baseline_ability" in names:
-            metafunc.parametrize("baseline_ability", self.abilities)
+        if "baseline_ability" in names:  # a missing data file shows here, once per ability
+            skipped = [pytest.param(a, marks=pytest.mark.skip(reason=why))
+                       for a, why in self.missing_data.items()]
+            metafunc.parametrize("baseline_ability", [*self.abilities, *skipped])
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         """Data-set names as keywords, so ``-k sst2`` or ``-k "rome and gsm8k"`` select the
@@ -334,8 +345,8 @@ class EditgatePlugin:
             if isinstance(case, EditCase):
                 # `--dist loadgroup` keeps one edit chain on one worker.
                 item.add_marker(pytest.mark.xdist_group(case.group))
-        self.collected_abilities = sorted(abilities)
-        self.golden_abilities = sorted(golden)
+        self.collected_abilities = sorted(abilities - set(self.missing_data))
+        self.golden_abilities = sorted(golden - set(self.missing_data))
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         """Model, profile, precisions and the kernels they run on: what a score depends on."""
@@ -361,6 +372,8 @@ class EditgatePlugin:
                 self.outcomes.add(value)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
+        for why in self.missing_data.values():
+            terminalreporter.write_line(f"skipped ability {why}", yellow=True)
         if not self.outcomes:
             return
         from editgate.summary import render_summary

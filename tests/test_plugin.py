@@ -144,3 +144,32 @@ def test_hparam_values_read_as_python_or_toml_literals():
                              "memit.layers=(3,4)", "memit.mom2_weight=5e3", "x.name=word"])
     assert parsed == {"memit": {"through_post_norm": False, "layers": (3, 4), "mom2_weight": 5e3},
                       "rome": {"mom2": False}, "x": {"name": "word"}}
+
+
+GHOST_ABILITY = '''
+import dataclasses
+from editgate.abilities.sentiment import Sentiment
+from editgate.registry import ABILITIES
+
+
+@ABILITIES.register("ghost")
+class Ghost(Sentiment):
+    name = "ghost"
+    dataset = dataclasses.replace(Sentiment.dataset, folder="ghost", hub=None)
+'''
+
+
+def test_an_ability_without_its_data_is_skipped_and_the_others_run(suite):
+    suite.makeconftest('pytest_plugins = ["editgate.plugin", "editgate.fixtures"]\n'
+                       + GHOST_ABILITY)
+    result = suite.runpytest_subprocess(
+        "ability_tests", "--model", "tiny-llama", "--abilities", "ghost,sentiment", "--limit", "6",
+        "--editors", "noop", "--regimes", "single", "-k", "test_ability or test_baseline", "-rs")
+    outcomes = result.parseoutcomes()
+    # sentiment's two gates pass (its golden check skips under --limit); ghost's golden check is
+    # its one test, skipped with the missing file and the fix; ghost has no gate tests.
+    assert outcomes["passed"] == 2 and outcomes["skipped"] == 2
+    result.stdout.fnmatch_lines([
+        "skipped ability ghost: */ghost/validation.jsonl: file not found*--abilities*",
+        "SKIPPED*ghost: */ghost/validation.jsonl: file not found. Put the file there*"])
+    assert "ghost-accuracy" not in result.stdout.str()
