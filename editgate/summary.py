@@ -3,8 +3,10 @@
 Each ability column's header holds the unedited baseline of its first (paper) metric; each cell the
 edited score and its Δ, green when every gate of that ability passed for the case, red with ✗ when
 one failed. Then the edit-success rates, seconds per edit, the edit budgets and one line per failed
-gate — short enough for ``-k memit`` to fit on one screen. The same renderer shows a stored run
-(``python -m editgate.report show``) and the comparison with an earlier run (``--compare-to``).
+gate — short enough for ``-k memit`` to fit on one screen. A matrix too large for either
+orientation becomes a verdict grid (cases grouped by editor, one ✓/✗ per ability) that never
+outgrows the console. The same renderer shows a stored run (``python -m editgate.report show``)
+and the comparison with an earlier run (``--compare-to``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,10 @@ def render_run(report: RunReport, out: IO[str], *, width: int = 120, color: bool
     wide = case_width + 3 + extra + sum(max(len(a), len(primary[a]) + 6) + 3 for a in abilities)
     label_width = max([len(f"{a} · {primary[a]}") for a in abilities] + [14])
     tall = label_width + 12 + sum(max(len(c.regime) + 5, len(c.editor)) + 3 for c in report.cases)
+    if wide > console.width and tall > console.width:  # neither way fits: a verdict grid
+        _render_grid(report, console, title)
+        _render_details(report, console)
+        return
     if wide + 14 * len(abilities) <= console.width or (wide <= console.width and wide <= tall):
         full = wide + 3 * len(abilities) <= console.width  # room for "0.850 -0.012 ✗" cells
         table = Table()
@@ -136,7 +142,12 @@ def render_run(report: RunReport, out: IO[str], *, width: int = 120, color: bool
     console.print(f"[bold]{title}[/]", soft_wrap=True)
     console.print(table)
     console.print(f"[dim]{legend} · ✗ a gate of the ability failed (listed below)[/]", soft_wrap=True)
+    _render_details(report, console)
 
+
+def _render_details(report: RunReport, console: Console) -> None:
+    """Below the table: glue-eval scores, notes, budgets, seconds per edit, every failure."""
+    env = report.environment
     _glue_eval_table(report, console)
     for name, info in env.abilities.items():
         if info.note:
@@ -161,16 +172,96 @@ def render_run(report: RunReport, out: IO[str], *, width: int = 120, color: bool
     if len(failed) > MAX_FAILURE_LINES:
         console.print(f"[red]… and {len(failed) - MAX_FAILURE_LINES} more cases with failed gates "
                       "(see the HTML report)[/]")
+    # One line per case whose edits did not take: its rates below threshold.
+    missed: dict[str, list[str]] = {}
     for rate in report.success:
         if not rate.passed:
-            console.print(f"[bold red]✗[/] {rate.case} {rate.metric}: {rate.rate:.2f} < threshold "
-                          f"{rate.threshold:g} over {rate.probes} probes")
+            missed.setdefault(rate.case, []).append(
+                f"{rate.metric} {rate.rate:.2f} < {rate.threshold:g} ({rate.probes} probes)")
+    for case_id, parts in list(missed.items())[:MAX_FAILURE_LINES]:
+        console.print(f"[bold red]✗ {case_id}[/] edit success: {', '.join(parts)}")
+    if len(missed) > MAX_FAILURE_LINES:
+        console.print(f"[red]… and {len(missed) - MAX_FAILURE_LINES} more cases whose edits did "
+                      "not take (see the HTML report)[/]")
     for case in report.cases:
         if case.error:
             console.print(f"[bold red]edit failed[/] {case.id}: {case.error}")
     bad = [b.ability for b in report.baselines if not b.passed]
     if bad:
         console.print(f"[bold red]golden baseline mismatch[/]: {', '.join(bad)}")
+
+
+def abbreviations(names: list[str], size: int = 3) -> dict[str, str]:
+    """Distinct labels of ``size`` characters: ``closed_qa`` → ``cqa``, ``sentiment`` → ``sen``
+    (initials of the leading words, then the last word's start; a digit where two collide)."""
+    labels: dict[str, str] = {}
+    for name in names:
+        *words, last = name.split("_")
+        head = "".join(w[0] for w in words)[: size - 1]
+        label = (head + last)[:size]
+        n = 1
+        while label in labels.values():
+            label = label[: size - len(str(n))] + str(n)
+            n += 1
+        labels[name] = label
+    return labels
+
+
+def _verdict(report: RunReport, case: Case, ability: str) -> str:
+    gates = [g for g in report.gates if g.case == case.id and g.ability == ability]
+    if case.error:
+        return "[red]E[/]"
+    if not gates:
+        return "[dim]·[/]"
+    return "[green]✓[/]" if all(g.passed for g in gates) else "[bold red]✗[/]"
+
+
+def _render_grid(report: RunReport, console: Console, title: str) -> None:
+    """One verdict per (case, ability), cases grouped by editor with the most failed gates first,
+    in as many tables as the abilities need at the console's width; the numbers are in the
+    failure lines below, the HTML and the JSON."""
+    abilities = report.abilities()
+    labels = abbreviations(abilities)
+    failed = {c.id: sum(not g.passed for g in report.gates if g.case == c.id) for c in report.cases}
+    by_editor: dict[str, list[Case]] = {}
+    for case in report.cases:
+        by_editor.setdefault(case.editor, []).append(case)
+    editors = sorted(by_editor, key=lambda e: -sum(failed[c.id] + bool(c.error)
+                                                   for c in by_editor[e]))
+    # No box: each column takes its width and a space either side.
+    case_width = max(len(f" {_case_label(c)}") for c in report.cases)
+    fixed = (case_width + 2) + (4 + 2) + (4 + 2)  # the case, failed-gate and edit-success columns
+    per_table = max(1, (console.width - fixed) // (3 + 2))
+    console.print(f"[bold]{title}[/]")
+    for start in range(0, len(abilities), per_table):
+        chunk = abilities[start:start + per_table]
+        table = Table(box=None, padding=(0, 1), show_edge=False)
+        table.add_column("edit case", no_wrap=True)
+        for ability in chunk:
+            table.add_column(labels[ability], justify="center", no_wrap=True, min_width=3)
+        table.add_column("fail", justify="right", no_wrap=True)
+        table.add_column("took", justify="right", no_wrap=True)
+        for editor in editors:
+            table.add_row(f"[bold]{editor}[/]", *[""] * (len(chunk) + 2))
+            for case in by_editor[editor]:
+                rates = [r for r in report.success if r.case == case.id]
+                took = sum(r.passed for r in rates)
+                took_cell = (f"{took}/{len(rates)}" if rates else "—")
+                if rates and took < len(rates):
+                    took_cell = f"[red]{took_cell}[/]"
+                table.add_row(f" {_case_label(case)}",
+                              *[_verdict(report, case, a) for a in chunk],
+                              f"[red]{failed[case.id]}[/]" if failed[case.id] else "0", took_cell)
+        console.print(table)
+    key = " · ".join(f"{labels[a]} {a}" for a in abilities)
+    console.print(f"[dim]✓ every gate of the ability passed · ✗ one failed (listed below) · "
+                  f"E the edit failed · fail: failed gates · took: edit-success rates above "
+                  f"threshold · {key}[/]", soft_wrap=False)
+
+
+def _case_label(case: Case) -> str:
+    """The case id without its editor (the grid's group row names it)."""
+    return case.id.removeprefix(f"{case.editor}-")
 
 
 def render_comparison(comparison: Comparison, out: IO[str], *, width: int = 120,

@@ -20,8 +20,11 @@ from editgate.report.history import History
 from editgate.report.html import render_html
 from editgate.report.schema import (
     SCHEMA_VERSION,
+    Case,
+    Gate,
     RunReport,
     SchemaError,
+    Success,
     dumps_run,
     load_run,
     save_run,
@@ -262,10 +265,11 @@ def test_terminal_summary_of_one_editor_fits_a_screen(report, copies):
     render_run(only, out, width=120, color=True)
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().splitlines()]
     assert len(lines) <= 40
-    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= 120
-    if copies > 1:  # abilities became rows, cases columns
-        assert any("ability · metric" in line for line in lines)
-        assert any(line.startswith("│ nli4 · accuracy") for line in lines)
+    assert max(len(line) for line in lines) <= 120
+    assert "…" not in re.sub(r"… (and )?\d+ more", "", "\n".join(lines))  # no cell cut short
+    if copies > 1:  # 15 abilities × 5 cases: a verdict grid, every ability named in its key
+        assert any("sequential-10@5" in line and "✓" in line for line in lines)
+        assert all(f"nli{k}" in "\n".join(lines) for k in range(1, copies))
 
 
 # ------------------------------------------------------------------------- CLI
@@ -301,3 +305,50 @@ def test_html_adapts_to_many_metrics_and_to_runs_without_curves(report):
     assert 'class="chart line-chart"' not in page
     heatmap = re.search(r'<svg class="chart heatmap"[^>]* width="(\d+)"', page)
     assert heatmap and int(heatmap[1]) < 1200  # 36 metrics became rows, not 36 columns
+
+
+def quick_matrix_report() -> RunReport:
+    """The default quick matrix (every editor but the controls × the quick regimes and
+    checkpoints × every quick ability and metric), with some failed gates, edits and rates."""
+    from editgate.profiles import get_profile
+    from editgate.regimes import Regime
+    from editgate.registry import ABILITIES, EDITORS
+
+    profile = get_profile("quick")
+    editors = [e for e in EDITORS.names() if not EDITORS.get(e).control]
+    abilities = [a for a in ABILITIES.names() if profile.includes(ABILITIES.get(a))]
+    cases, gates, success = [], [], []
+    for editor in editors:
+        for name in profile.regimes:
+            regime = Regime.parse(name)
+            if regime.batch_size > 1 and not EDITORS.get(editor).can_batch:
+                continue
+            for checkpoint in regime.checkpoints(profile.checkpoints):
+                suffix = f"@{checkpoint}" if checkpoint != regime.total else ""
+                case = Case(f"{editor}-{name}{suffix}", editor, name, checkpoint,
+                            error="boom" if editor == "kn" and checkpoint == 10 else None)
+                cases.append(case)
+                for a in abilities:
+                    for metric in ABILITIES.get(a)().active_metrics(False):
+                        bad = editor == "memit" and checkpoint == 10 and a < "l"
+                        gates.append(Gate(case.id, a, metric.name, 50, 0.7, 0.6 if bad else 0.7,
+                                          -0.1 if bad else 0.0, -0.15, -0.05, 0.05, not bad))
+                for metric in ("efficacy", "paraphrase", "neighborhood"):
+                    success.append(Success(case.id, metric, 0.5, 0.8, False, 20))
+    return RunReport(run_id="r", created="", environment=synthetic_environment(), cases=cases,
+                     gates=gates, success=success)
+
+
+@pytest.mark.parametrize("width", [100, 80])
+def test_the_default_quick_matrix_summary_fits_the_terminal(width):
+    report = quick_matrix_report()
+    assert len(report.cases) > 20 and len(report.abilities()) >= 14  # the real default size
+    out = io.StringIO()
+    render_run(report, out, width=width, color=True)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    too_wide = [line for line in text.splitlines() if len(line) > width]
+    assert too_wide == [] and "…" not in re.sub(r"… (and )?\d+ more", "", text)  # no cut cell
+    for case in report.cases:  # every case and every ability's verdict is on screen
+        assert f" {case.id.removeprefix(case.editor + '-')} " in text
+    assert "✗" in text and "✓" in text and "E" in text
+    assert text.index("memit") < text.index("rome")  # the editor with failed gates first
