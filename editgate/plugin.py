@@ -129,15 +129,24 @@ class EditgatePlugin:
         # Abilities left out because their data file is missing: ability → the line saying so.
         self.missing_data: dict[str, str] = {}
 
-    def setup(self) -> None:
-        """Resolve options on first use, so runs without gate tests never need data or models."""
+    def setup(self, *, raising: bool = False) -> None:
+        """Resolve options on first use, so runs without gate tests never need data or models.
+        A bad option exits pytest with a usage error, or with ``raising`` raises it."""
         if self._ready:
             return
         try:
             self._setup()
         except EditgateError as exc:
+            if raising:
+                raise
             pytest.exit(f"editgate: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         self._ready = True
+
+    @property
+    def active_session(self):
+        """The model session if this process made one (None on a controller that only
+        collected, or before the first gate test), without creating it."""
+        return self._session
 
     def validate_names(self) -> None:
         """Cheap checks of names and syntax at start-up (no data, no model): fail fast and clean."""
@@ -383,11 +392,12 @@ class EditgatePlugin:
         render_summary(self.outcomes, self.settings, buffer, width=width,
                        color=terminalreporter.hasmarkup, notes=self.ability_notes())
         terminalreporter.write(buffer.getvalue())
-        runner = getattr(self._session, "_runner", None)
-        if getattr(runner, "attention_fallback", None):
+        session = self.active_session
+        if session is not None and session.attention_fallback:
             terminalreporter.write_line(
-                f"note: {runner.eval_dtype} attention has no flash kernel on this CPU; scored with "
-                f"SDPA's {runner.attention_fallback} backend (results keyed apart)", yellow=True)
+                f"note: {self.settings.eval_dtype} attention has no flash kernel on this CPU; "
+                f"scored with SDPA's {session.attention_fallback} backend (results keyed apart)",
+                yellow=True)
         terminalreporter.write_line(resource_line())
 
 
@@ -415,8 +425,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         plugin.validate_names()
         if _runs_gate_tests(config):
-            plugin._setup()  # fail before collection, with one clear line
-            plugin._ready = True
+            plugin.setup(raising=True)  # fail before collection, with one clear line
     except EditgateError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(plugin, PLUGIN_NAME)

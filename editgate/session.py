@@ -101,6 +101,16 @@ class EditgateSession:
         return self._lm
 
     @property
+    def loaded_model(self) -> LoadedModel | None:
+        """The model if this session has loaded it (never loads it)."""
+        return self._lm
+
+    @property
+    def attention_fallback(self) -> str | None:
+        """The SDPA backend the scoring runner fell back to, if it was created and had to."""
+        return self._runner.attention_fallback if self._runner is not None else None
+
+    @property
     def runner(self) -> AbilityRunner:
         """Scores every state the gates compare, in ``--eval-dtype``."""
         if self._runner is None:

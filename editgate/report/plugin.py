@@ -151,8 +151,8 @@ class ReportPlugin:
 
         main = get_plugin(self.config)
         main.setup()  # resolves options only: never loads a model
-        session = getattr(main, "_session", None)  # the model session, if this process had one
-        lm = getattr(session, "_lm", None)
+        session = main.active_session  # the model session, if this process had one
+        lm = session.loaded_model if session is not None else None
         records = [record for _, record in self.records]
         fingerprint = next((r["model_fingerprint"] for r in records if r.get("model_fingerprint")),
                            getattr(lm, "fingerprint", None))
@@ -165,8 +165,7 @@ class ReportPlugin:
                       command=["pytest", *self.config.invocation_params.args],
                       xdist_workers=workers if isinstance(workers, int) else 0,
                       device=str(lm.device) if lm is not None else None,
-                      attention_fallback=getattr(getattr(session, "_runner", None),
-                                                 "attention_fallback", None),
+                      attention_fallback=session.attention_fallback if session else None,
                       notes=main.ability_notes(abilities))
         by_case: dict[str, float] = defaultdict(float)
         case_of = {nodeid: r.get("case", {}).get("id", "baseline") for nodeid, r in self.records}
@@ -177,7 +176,7 @@ class ReportPlugin:
             session_seconds=round(time.perf_counter() - self.clock, 3),
             tests_seconds=round(sum(self.durations.values()), 3),
             by_case={k: round(v, 3) for k, v in by_case.items()},
-            process={k: round(v, 3) for k, v in (getattr(session, "timings", None) or {}).items()
+            process={k: round(v, 3) for k, v in (session.timings if session else {}).items()
                      if isinstance(v, int | float) and math.isfinite(v)},
             benchmarks=latest_benchmarks(self.report_dir() / "benchmarks"))
         report = build_report(records, env, run_id=new_run_id(self.started),
