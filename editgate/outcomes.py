@@ -1,8 +1,10 @@
 """What a run decided, collected from test reports (so it works across pytest-xdist workers).
 
-Each gate test attaches one JSON-able record to its report's ``user_properties``; the controller
-process (or the only process, without xdist) gathers them into :class:`RunOutcomes`, from which the
-terminal summary, the JSON/HTML reports and the run history are built. Per-item results stay in
+Each gate test attaches one JSON-able record to its report's ``user_properties``; the report plugin
+in the controller process (or the only process, without xdist) gathers them, and
+:func:`editgate.report.collect.build_report` turns them (through :class:`RunOutcomes`) into the
+one :class:`~editgate.report.schema.RunReport` that the terminal summary, the JSON/HTML reports
+and the run history all read. Per-item results stay in
 the on-disk results cache; records carry the cache keys to find them.
 """
 

@@ -24,8 +24,11 @@ import pytest
 
 from editgate.errors import EditgateError
 from editgate.gate import Tolerances
-from editgate.outcomes import PROPERTY, RunOutcomes
 from editgate.regimes import EditCase, Regime
+
+# The run report is built (and written, unless --no-report) by the report plugin: the one place
+# outcome records are collected. The terminal summary below renders that report.
+pytest_plugins = ["editgate.report.plugin"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -122,7 +125,6 @@ class EditgatePlugin:
         self.config = config
         self._ready = False
         self._session = None
-        self.outcomes = RunOutcomes()
         self.collected_abilities: list[str] = []  # gated: scored in the eval precision
         self.golden_abilities: list[str] = []  # golden-checked: scored in float32
         self._ability_keywords: dict[str, tuple[str, ...]] = {}
@@ -372,25 +374,19 @@ class EditgatePlugin:
                 f"generation {s.generation_dtype}, goldens float32 · kernels {kernels}, "
                 f"{env['threads']} threads, torch {env['torch']}"]
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Gather outcome records (from this process or from xdist workers)."""
-        if report.when != "call":
-            return
-        for name, value in report.user_properties:
-            if name == PROPERTY:
-                self.outcomes.add(value)
-
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int) -> None:
+        from editgate.report.plugin import run_report
+
         for why in self.missing_data.values():
             terminalreporter.write_line(f"skipped ability {why}", yellow=True)
-        if not self.outcomes:
+        report = run_report(self.config)
+        if report is None:  # no gate test ran in this process (or an xdist worker)
             return
-        from editgate.summary import render_summary
+        from editgate.summary import render_run
 
-        width = terminalreporter._tw.fullwidth
         buffer = io.StringIO()
-        render_summary(self.outcomes, self.settings, buffer, width=width,
-                       color=terminalreporter.hasmarkup, notes=self.ability_notes())
+        render_run(report, buffer, width=terminalreporter._tw.fullwidth,
+                   color=terminalreporter.hasmarkup)
         terminalreporter.write(buffer.getvalue())
         session = self.active_session
         if session is not None and session.attention_fallback:

@@ -17,27 +17,11 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from editgate.outcomes import RunOutcomes
-from editgate.report.schema import Case, Comparison, Environment, RunReport
+from editgate.report.schema import Case, Comparison, RunReport
 
 MAX_FAILURE_LINES = 8
 MAX_CHANGE_LINES = 15
 SUCCESS_LABELS = {"efficacy": "effic.", "paraphrase": "parap.", "neighborhood": "neigh."}
-
-
-def render_summary(outcomes: RunOutcomes, settings: Any, out: IO[str], *, width: int = 120,
-                   color: bool = True, notes: dict[str, str] | None = None) -> None:
-    """The summary of the run in progress (called by the main plugin's terminal summary);
-    ``notes``: how to read an ability's scores (ability → line)."""
-    from editgate.report.collect import build_report, records_from_outcomes
-    from editgate.report.schema import AbilityInfo
-
-    profile = getattr(settings.profile, "name", settings.profile)
-    env = Environment(model=str(settings.model), profile=str(profile), limit=settings.limit,
-                      abilities={a: AbilityInfo(a, note=n) for a, n in (notes or {}).items()})
-    report = build_report(records_from_outcomes(outcomes), env, run_id="", created="",
-                          read_items=False)
-    render_run(report, out, width=width, color=color)
 
 
 def _console(out: IO[str], width: int, color: bool) -> Console:

@@ -8,7 +8,6 @@ items of every gate.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -108,19 +107,6 @@ def seconds_per_edit(cases: Iterable[Case]) -> tuple[dict[str, float], dict[str,
             edits[case.editor] += case.new_edits
     per_edit = {e: (seconds[e] / edits[e] if edits[e] else None) for e in dict.fromkeys(editors)}
     return {e: round(seconds[e], 3) for e in dict.fromkeys(editors)}, per_edit
-
-
-def records_from_outcomes(outcomes: RunOutcomes) -> list[dict[str, Any]]:
-    """Rebuild records from a :class:`RunOutcomes` (which keeps no result-file paths)."""
-    records: list[dict[str, Any]] = []
-    for case in outcomes.cases.values():
-        records.append({"kind": "edit", "case": dataclasses.asdict(case)})
-    for (case_id, ability, metric), result in outcomes.gates.items():
-        records.append({"kind": "gate", "case": dataclasses.asdict(outcomes.cases[case_id]),
-                        "ability": ability, "metric": metric, "result": result})
-    records.extend(outcomes.success.values())
-    records.extend(outcomes.baselines.values())
-    return records
 
 
 def build_report(records: Iterable[Mapping[str, Any]], environment: Environment, *, run_id: str,

@@ -129,14 +129,15 @@ class ReportPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Build the run report (the terminal summary renders it), compare it and write it
+        (unless --no-report)."""
         if hasattr(self.config, "workerinput") or not self.records:
-            return
-        if self.config.getoption("--no-report"):
             return
         try:
             self.report = self.build(int(exitstatus))
             self.compare(self.report)
-            self.write(self.report)
+            if not self.config.getoption("--no-report"):
+                self.write(self.report)
         except Exception as exc:  # a report problem must never hide or change the test results
             self.notes.append(f"[red]report not written: {type(exc).__name__}: {exc}[/]")
             return
@@ -251,6 +252,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         plugin.check_options()
     config.pluginmanager.register(plugin, PLUGIN_NAME)
+
+
+def run_report(config: pytest.Config) -> RunReport | None:
+    """The run report of this session, once built (None before, on workers, or without gates)."""
+    plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
+    return getattr(plugin, "report", None)
 
 
 def comparison_of(config: pytest.Config) -> Comparison | None:
