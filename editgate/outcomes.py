@@ -36,11 +36,15 @@ class RunOutcomes:
     gates: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     success: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    searches: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # --budget-search
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record["kind"]
         if kind == "baseline":
             self.baselines[record["ability"]] = record
+            return
+        if kind == "budget":
+            self.searches[(record["editor"], record["regime"])] = record
             return
         case = record["case"]
         self.cases.setdefault(case["id"], CaseOutcome(**case))

@@ -51,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--abilities", help="comma-separated abilities (default: all registered)")
     group.addoption("--checkpoints", help="edit counts to evaluate sequential regimes at, "
                     "e.g. 1,5,10")
+    group.addoption("--budget-search", action="store_true",
+                    help="instead of the checkpoint grid, find each sequential chain's edit "
+                    "budget (the most edits at which every gate passes) by doubling and bisection")
+    group.addoption("--budget-resolution", type=int, default=None,
+                    help="stop bisecting once the budget is bracketed this tightly (default: one "
+                    "editor call, the finest a chain allows)")
     group.addoption("--edit-source", default="counterfact", help="counterfact | zsre")
     group.addoption("--edits-file", help="your own edit requests: JSONL in CounterFact's reduced "
                     "format (case_id, prompt, subject, target_new, ground_truth, ...)")
@@ -266,10 +272,28 @@ class EditgatePlugin:
                                             ProgressBars(suspend, enabled=not on_worker))
         return self._session
 
+    @property
+    def budget_search(self) -> bool:
+        return bool(self.config.getoption("--budget-search"))
+
     def cases(self) -> list[EditCase]:
+        """The grid of edited states; under --budget-search, sequential chains are searched
+        (see :meth:`budget_chains`) instead of scored on the grid."""
         return [EditCase(editor, regime, checkpoint)
                 for editor in self.editors for regime in self.regimes
+                if not (self.budget_search and regime.is_sequential)
                 for checkpoint in regime.checkpoints(self.checkpoints)]
+
+    def budget_chains(self) -> list:
+        """(editor, sequential regime) chains whose edit budget --budget-search finds."""
+        from editgate.registry import EDITORS
+
+        if not self.budget_search:
+            return []
+        return [pytest.param((editor, regime), id=f"{editor}-{regime.name}")
+                for editor in self.editors for regime in self.regimes
+                if regime.is_sequential
+                and (regime.batch_size == 1 or EDITORS.get(editor).can_batch)]
 
     def case_params(self) -> list:
         """Cases as pytest params; batch regimes are skipped (with the reason) for non-batch editors."""
@@ -319,6 +343,8 @@ class EditgatePlugin:
             metafunc.parametrize("ability_metric", pairs, ids=[f"{a}-{m}" for a, m in pairs])
         if "success_metric" in names:
             metafunc.parametrize("success_metric", SUCCESS_METRICS)
+        if "budget_chain" in names:  # without --budget-search: no chains, deselected below
+            metafunc.parametrize("budget_chain", self.budget_chains() or [None])
         if "baseline_ability" in names:  # a missing data file shows here, once per ability
             skipped = [pytest.param(a, marks=pytest.mark.skip(reason=why))
                        for a, why in self.missing_data.items()]
@@ -341,7 +367,18 @@ class EditgatePlugin:
         return self._ability_keywords[ability]
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item],
+                                      ) -> None:
+        chain_of = {id(i): getattr(getattr(i, "callspec", None), "params", {}).get("budget_chain",
+                                                                                  False)
+                    for i in items}
+        off = [i for i in items if chain_of[id(i)] is None]
+        if off:  # the budget tests without --budget-search
+            config.hook.pytest_deselected(items=off)
+        # Budget searches run first: each applies and reverts its own chains, so it must not
+        # find the model edited by a grid case's session-scoped fixture.
+        items[:] = ([i for i in items if chain_of[id(i)]]
+                    + [i for i in items if chain_of[id(i)] is False])
         abilities: set[str] = set()
         golden: set[str] = set()
         for item in items:

@@ -6,6 +6,7 @@ and torch cannot re-import some of its submodules in one process.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,72 @@ def test_an_ability_without_its_data_is_skipped_and_the_others_run(suite):
         "skipped ability ghost: */ghost/validation.jsonl: file not found*--abilities*",
         "SKIPPED*ghost: */ghost/validation.jsonl: file not found. Put the file there*"])
     assert "ghost-accuracy" not in result.stdout.str()
+
+
+POISON_EDITOR = '''
+import torch
+from dataclasses import dataclass
+from editgate.delta import WeightDelta
+from editgate.editors.base import Editor
+from editgate.registry import EDITORS
+
+
+@dataclass(frozen=True)
+class PoisonParams:
+    harmless: int = 12  # edits before the damage starts: the planted budget
+
+
+@EDITORS.register("test-poison")
+class Poison(Editor):
+    """Changes nothing for its first `harmless` edits, then scrambles the (tied) output
+    embedding with every call."""
+    name = "test-poison"
+    HParams = PoisonParams
+    can_batch = True
+
+    def edit(self, ctx, requests, hp):
+        done = int(ctx.state.get("edits", torch.tensor(0))) + len(requests)
+        ctx.state["edits"] = torch.tensor(done)
+        if done <= hp.harmless:
+            return WeightDelta({}, {"editor": self.name})
+        head = ctx.lm.model.get_output_embeddings().weight
+        name = next(n for n, p in ctx.lm.model.named_parameters() if p is head)
+        return WeightDelta({name: 10 * torch.randn(head.shape)}, {"editor": self.name})
+'''
+
+
+def test_budget_search_finds_a_planted_budget(suite):
+    """Damage planted after edit 12 of a 40-edit chain made 2 at a time: the search brackets it
+    exactly (12 passes, 14 fails), scoring far fewer states than the 20 calls of the chain."""
+    suite.makeconftest('pytest_plugins = ["editgate.plugin", "editgate.fixtures"]\n'
+                       + POISON_EDITOR)
+    args = ["ability_tests", "--model", "tiny-llama", "--abilities", "kl_drift", "--limit", "4",
+            "--editors", "test-poison", "--regimes", "batch-2-sequential-40", "--budget-search",
+            "-k", "test_edit_budget", "-p", "no:randomly"]
+    result = suite.runpytest_subprocess(*args)
+    result.assert_outcomes(failed=1)
+    assert ("test-poison batch-2-sequential-40: every gate passes up to 12 edits, one fails by "
+            "14 (scored at [2, 4, 8, 16, 12, 14])") in result.stdout.str()
+    result.stdout.fnmatch_lines(["*edit budget*test-poison batch-2-sequential-40 12*"])
+    run = json.loads((suite.path / "reports" / "latest.json").read_text())
+    (budget,) = run["budgets"]
+    assert (budget["budget"], budget["first_failure"], budget["max_checkpoint"]) == (12, 14, 40)
+    assert sorted(c["checkpoint"] for c in run["cases"]) == [2, 4, 8, 12, 14, 16]
+    # Interrupted or not, a rerun resumes from the cached chain: no edit is made again.
+    again = suite.runpytest_subprocess(*args)
+    again.assert_outcomes(failed=1)
+    rerun = json.loads((suite.path / "reports" / "latest.json").read_text())
+    assert all(c["edit_seconds"] == 0 for c in rerun["cases"])
+
+
+def test_without_budget_search_the_budget_test_is_deselected(suite):
+    result = suite.runpytest_subprocess(*BASE, "--editors", "rome", "--regimes", "sequential-3",
+                                        "--co", "-q")
+    assert "test_edit_budget" not in result.stdout.str()
+    assert "test_ability[rome-sequential-3-sentiment-accuracy]" in result.stdout.str()
+    searched = suite.runpytest_subprocess(*BASE, "--editors", "rome",
+                                          "--regimes", "single,sequential-3", "--budget-search",
+                                          "--co", "-q")
+    assert "test_edit_budget[rome-sequential-3]" in searched.stdout.str()
+    assert "rome-sequential-3@" not in searched.stdout.str()  # no grid for a searched chain
+    assert "test_ability[rome-single-sentiment-accuracy]" in searched.stdout.str()

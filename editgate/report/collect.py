@@ -171,6 +171,11 @@ def build_report(records: Iterable[Mapping[str, Any]], environment: Environment,
     budgets = [Budget(editor, regime, budget, max(chains[(editor, regime)]),
                       sorted(chains[(editor, regime)]))
                for (editor, regime), budget in outcomes.edit_budgets().items()]
+    for budget in budgets:  # a searched chain: the search's own bracket, over its whole length
+        search = outcomes.searches.get((budget.editor, budget.regime))
+        if search is not None:
+            budget.budget, budget.first_failure = search["budget"], search["first_failure"]
+            budget.max_checkpoint, budget.step = search["total"], search["step"]
 
     timings = timings or Timings()
     timings.edit_seconds, timings.seconds_per_edit = seconds_per_edit(cases)

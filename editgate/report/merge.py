@@ -72,7 +72,7 @@ def merge(shards: Sequence[RunReport], *, run_id: str, sources: Sequence[str] = 
         run_id=run_id, created=min(s.created for s in shards),
         finished=max(s.finished for s in shards), environment=environment, cases=cases,
         gates=gates, success=success, baselines=baselines,
-        budgets=_budgets(cases, {(b.editor, b.regime) for s in shards for b in s.budgets}),
+        budgets=_budgets(cases, [b for s in shards for b in s.budgets]),
         timings=_merge_timings([s.timings for s in shards], cases),
         tests=Tally(**{f.name: sum(getattr(s.tests, f.name) for s in shards)
                        for f in dataclasses.fields(Tally)}),
@@ -126,10 +126,18 @@ def _union(records: Iterable[T], key: Callable[[T], str], what: str, names: list
     return list(merged.values())
 
 
-def _budgets(cases: list[Case], chains: set[tuple[str, str]]) -> list[Budget]:
-    """Each sequential chain's edit budget over the merged cases (as the plugin computes it)."""
-    budgets = []
-    for editor, regime in sorted(chains):
+def _budgets(cases: list[Case], budgets: list[Budget]) -> list[Budget]:
+    """Each sequential chain's edit budget: a shard's own where one shard ran the chain (a
+    searched budget keeps its bracket), else recomputed over the merged cases as the plugin
+    computes it."""
+    by_chain: dict[tuple[str, str], list[Budget]] = defaultdict(list)
+    for budget in budgets:
+        by_chain[(budget.editor, budget.regime)].append(budget)
+    merged = []
+    for (editor, regime), found in sorted(by_chain.items()):
+        if len(found) == 1:
+            merged.append(found[0])
+            continue
         chain = sorted((c for c in cases if (c.editor, c.regime) == (editor, regime)),
                        key=lambda c: c.checkpoint)
         budget = 0
@@ -138,8 +146,8 @@ def _budgets(cases: list[Case], chains: set[tuple[str, str]]) -> list[Budget]:
                 break
             budget = case.checkpoint
         checkpoints = [c.checkpoint for c in chain]
-        budgets.append(Budget(editor, regime, budget, max(checkpoints), checkpoints))
-    return budgets
+        merged.append(Budget(editor, regime, budget, max(checkpoints), checkpoints))
+    return merged
 
 
 def _merge_timings(timings: list[Timings], cases: list[Case]) -> Timings:

@@ -197,6 +197,10 @@ class Budget:
     budget: int  # largest checkpoint up to which every gate passed (0: not even the first)
     max_checkpoint: int  # largest checkpoint evaluated: budget == max_checkpoint means "≥"
     checkpoints: list[int] = field(default_factory=list)
+    # Found by --budget-search: the smallest failing count it scored (None: none failed) and the
+    # edits per call, the finest a chain allows; a grid's budget leaves them unset.
+    first_failure: int | None = None
+    step: int | None = None
 
     @property
     def key(self) -> str:
@@ -204,7 +208,11 @@ class Budget:
 
     @property
     def text(self) -> str:
-        return f"≥{self.budget}" if self.budget >= self.max_checkpoint else str(self.budget)
+        if self.budget >= self.max_checkpoint and self.first_failure is None:
+            return f"≥{self.budget}"
+        if self.first_failure is not None and self.first_failure - self.budget > (self.step or 0):
+            return f"{self.budget} (fails by {self.first_failure})"
+        return str(self.budget)
 
 
 @dataclass
