@@ -28,6 +28,7 @@ from editgate.report.output import new_run_id, now
 from editgate.report.schema import Comparison, RunReport, Tally, Timings
 
 PLUGIN_NAME = "editgate-report"
+MAIN_PLUGIN = "editgate-plugin"  # editgate.plugin.PLUGIN_NAME
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -146,11 +147,12 @@ class ReportPlugin:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def build(self, exitstatus: int) -> RunReport:
-        from editgate.plugin import get_plugin
         from editgate.report.collect import build_report
         from editgate.report.environment import capture
 
-        main = get_plugin(self.config)
+        # The main plugin, by its registered name: importing editgate.plugin would close a cycle
+        # (it imports this module to render the run report).
+        main = self.config.pluginmanager.get_plugin(MAIN_PLUGIN)
         main.setup()  # resolves options only: never loads a model
         session = main.active_session  # the model session, if this process had one
         lm = session.loaded_model if session is not None else None
