@@ -369,16 +369,15 @@ class EditgatePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item],
                                       ) -> None:
-        chain_of = {id(i): getattr(getattr(i, "callspec", None), "params", {}).get("budget_chain",
-                                                                                  False)
-                    for i in items}
-        off = [i for i in items if chain_of[id(i)] is None]
+        chain = lambda i: getattr(getattr(i, "callspec", None), "params", {}).get("budget_chain")
+        searches = [i for i in items if chain(i) is not None]
+        off = [i for i in items if "budget_chain" in i.fixturenames and chain(i) is None]
         if off:  # the budget tests without --budget-search
             config.hook.pytest_deselected(items=off)
         # Budget searches run first: each applies and reverts its own chains, so it must not
         # find the model edited by a grid case's session-scoped fixture.
-        items[:] = ([i for i in items if chain_of[id(i)]]
-                    + [i for i in items if chain_of[id(i)] is False])
+        first_or_gone = {id(i) for i in searches + off}
+        items[:] = searches + [i for i in items if id(i) not in first_or_gone]
         abilities: set[str] = set()
         golden: set[str] = set()
         for item in items:

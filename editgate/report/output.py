@@ -19,7 +19,6 @@ from pathlib import Path
 
 from editgate.cache import atomic_write_text
 from editgate.report.history import HISTORY_FILE, History
-from editgate.report.html import render_html
 from editgate.report.schema import RunReport, save_run
 
 
@@ -34,6 +33,8 @@ def new_run_id(moment: datetime | None = None) -> str:
 
 def write_run(report: RunReport, folder: Path) -> dict[str, Path]:
     """Write ``report`` into ``folder``; returns the paths written (json, html, history)."""
+    from editgate.report.html import render_html  # only at the end of a run, not at pytest start
+
     runs = folder / "runs"
     json_path = save_run(report, runs / f"{report.run_id}.json")
     html_path = runs / f"{report.run_id}.html"
